@@ -1,0 +1,1 @@
+"""stldec: decode Signal Temporal Logic formulae from kernel embeddings."""

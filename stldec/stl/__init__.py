@@ -1,0 +1,22 @@
+"""The STL domain: formulae, semantics, base measure, kernel embeddings, random formula generation.
+
+Pure Python + torch; never imports transformers.
+"""
+
+from .formula import (
+    Always,
+    And,
+    Atom,
+    Eventually,
+    Formula,
+    Interval,
+    Not,
+    Or,
+    STLParseError,
+    Until,
+    as_formulae,
+    parse,
+)
+
+__all__ = ["Always", "And", "Atom", "Eventually", "Formula", "Interval", "Not", "Or", "STLParseError", "Until",
+           "as_formulae", "parse"]
