@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: run test install lint bench
+.PHONY: run test install lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
