@@ -1,0 +1,183 @@
+"""The prediction registry: one row per evaluation run, so identical runs are reused and machines merge results.
+
+A run is identified by its *key*: model path, model weights hash, checkpoint step, decoding strategy, the complete
+canonical decoding settings (defaults filled in, keys irrelevant to the strategy dropped, values coerced to the
+default's type, sorted JSON), the metric settings (trajectories, seed, encoder fingerprint) and the test-set hash.
+`run_key(...)` hashes that JSON; the same settings written two ways (order, `1` vs `1.0`, an explicit default, a
+temperature given to greedy) give one key.
+
+Storage is one SQLite file (standard library, transactional: two evaluations finishing at once cannot corrupt it,
+the primary key enforces one row per key, and tables from other machines merge with a plain query). The per-formula
+outputs are Parquet files in `outputs/` next to it, referenced by a path relative to the registry, so a registry
+directory can be copied between machines as a whole. Merging never overwrites: an entry whose key exists with
+different metrics is returned (and printed by the CLI) as a conflict, and the existing entry is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+_COLUMNS = ("key", "model", "model_sha256", "step", "strategy", "settings", "test_hash", "test_path", "n",
+            "metrics", "outputs", "info", "created")
+_SCHEMA = f"CREATE TABLE IF NOT EXISTS runs ({', '.join(_COLUMNS)}, PRIMARY KEY (key))"
+
+
+def canonical_settings(strategy: str, settings: Mapping, defaults: Mapping[str, Mapping]) -> dict:
+    """Complete, canonical decoding settings of `strategy`: sorted, defaults filled in, irrelevant keys dropped.
+
+    defaults: {strategy: {setting: default}} for every strategy. A key that belongs to another strategy is dropped
+    (irrelevant here); a key no strategy knows is an error (a typo must not silently create a new key). Values are
+    coerced to the type of the default (`temperature=1` == `temperature=1.0`); None is kept as None.
+    """
+    if strategy not in defaults:
+        raise ValueError(f"unknown decoding strategy {strategy!r}; expected one of {sorted(defaults)}")
+    known = set().union(*(d.keys() for d in defaults.values()))
+    unknown = set(settings) - known
+    if unknown:
+        raise ValueError(f"unknown decoding setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    out = {}
+    for k, default in sorted(defaults[strategy].items()):
+        v = settings.get(k, default)
+        out[k] = v if v is None or default is None else type(default)(v)
+    return out
+
+
+def run_key(*, model: str, model_sha256: str, step: int | None, strategy: str, settings: Mapping,
+            metric_settings: Mapping, test_hash: str) -> str:
+    """sha256 of the sorted JSON of everything that determines a run's outputs and metrics."""
+    blob = dict(model=model, model_sha256=model_sha256, step=step, strategy=strategy, settings=dict(settings),
+                metric_settings=dict(metric_settings), test_hash=test_hash)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def test_set_hash(formulae: list[str]) -> str:
+    """sha256 of the test formulae, one per line, in order."""
+    return hashlib.sha256("\n".join(formulae).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file (the model weights), read in 16 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def metrics_differ(a: Mapping, b: Mapping, rel_tol: float = 1e-6) -> list[str]:
+    """Dotted names of the metrics whose values differ between two metrics dicts (floats up to `rel_tol`)."""
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            diffs += [f"{k}.{d}" for d in metrics_differ(x, y, rel_tol)]
+        elif isinstance(x, int | float) and isinstance(y, int | float):
+            if not math.isclose(x, y, rel_tol=rel_tol, abs_tol=1e-12):
+                diffs.append(k)
+        elif x != y:
+            diffs.append(k)
+    return diffs
+
+
+class Registry:
+    """A SQLite table of evaluation runs (see the module docstring). Rows are dicts with JSON fields decoded."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection that commits on success and is always closed."""
+        db = sqlite3.connect(self.path, timeout=60)
+        db.row_factory = sqlite3.Row
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.path.parent / "outputs"
+
+    def get(self, key: str) -> dict | None:
+        """The run with this key, or None."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
+        return _decode(row) if row else None
+
+    def runs(self, **where) -> list[dict]:
+        """All runs (oldest first), optionally filtered on column equality, e.g. `runs(strategy="greedy")`."""
+        bad = set(where) - set(_COLUMNS)
+        if bad:
+            raise ValueError(f"unknown registry column(s) {sorted(bad)}")
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(f"{k} = ?" for k in where) if where else "")
+        with self._connect() as db:
+            rows = db.execute(sql + " ORDER BY created", tuple(where.values())).fetchall()
+        return [_decode(r) for r in rows]
+
+    def outputs_path(self, run: Mapping) -> Path:
+        """Absolute path of a run's per-formula outputs file."""
+        return self.path.parent / run["outputs"]
+
+    def add(self, run: Mapping) -> dict | None:
+        """Insert a run (all `_COLUMNS` but `created`, JSON fields as dicts). An identical key with equal metrics is
+        a no-op; with different metrics the stored run is kept and a conflict dict is returned."""
+        row = dict(run, created=run.get("created") or datetime.now(UTC).isoformat(timespec="seconds"))
+        row["metrics"] = json.loads(json.dumps(row["metrics"]))  # int dict keys -> str, as they come back from disk
+        missing = set(_COLUMNS) - set(row)
+        if missing:
+            raise ValueError(f"run is missing {sorted(missing)}")
+        old = self.get(row["key"])
+        if old is not None:
+            diffs = metrics_differ(old["metrics"], row["metrics"])
+            return {"key": row["key"], "model": row["model"], "step": row["step"], "strategy": row["strategy"],
+                    "differences": diffs, "kept": old["created"], "rejected": row["created"]} if diffs else None
+        enc = {k: json.dumps(row[k], sort_keys=True) if k in ("settings", "metrics", "info") else row[k]
+               for k in _COLUMNS}
+        with self._connect() as db:
+            db.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(_COLUMNS))})",
+                       tuple(enc[k] for k in _COLUMNS))
+        return None
+
+    def merge(self, other: str | Path | Registry) -> tuple[int, list[dict]]:
+        """Add every run of another registry (copying its outputs files); returns (runs added, conflicts)."""
+        other = other if isinstance(other, Registry) else Registry(other)
+        added, conflicts = 0, []
+        for run in other.runs():
+            if self.get(run["key"]) is None:
+                src, dst = other.outputs_path(run), self.outputs_path(run)
+                if src.is_file() and not dst.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
+                added += 1
+            conflict = self.add(run)
+            if conflict:
+                conflicts.append(dict(conflict, source=str(other.path)))
+        return added, conflicts
+
+
+def _decode(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    for k in ("settings", "metrics", "info"):
+        d[k] = json.loads(d[k])
+    return d
+
+
+def format_conflicts(conflicts: list[dict]) -> str:
+    """One line per conflict, for the console."""
+    return "\n".join(f"CONFLICT {c['key'][:12]} model={c['model']} step={c['step']} strategy={c['strategy']}: "
+                     f"{', '.join(c['differences'][:6])}{' ...' if len(c['differences']) > 6 else ''} differ; kept the "
+                     f"entry of {c['kept']}, rejected {c.get('source', 'the new run')} ({c['rejected']})"
+                     for c in conflicts)

@@ -1,0 +1,81 @@
+"""Prediction registry: canonical keys, reuse, merge across machines, conflict reports."""
+
+import pytest
+
+from stldec.registry import Registry, canonical_settings, format_conflicts, metrics_differ, run_key
+
+DEFAULTS = {"greedy": {"max_new_tokens": 256, "constrained": False},
+            "sample": {"max_new_tokens": 256, "constrained": False, "temperature": 1.0, "top_p": 1.0, "seed": 0}}
+METRIC_SETTINGS = {"n_trajectories": 1000, "seed": 0, "encoder": "stlkernel-abc"}
+
+
+def key(strategy, **settings):
+    return run_key(model="runs/m", model_sha256="w" * 64, step=100, strategy=strategy,
+                   settings=canonical_settings(strategy, settings, DEFAULTS), metric_settings=METRIC_SETTINGS,
+                   test_hash="t" * 64)
+
+
+def run(k, metrics, step=100, outputs="outputs/a.parquet"):
+    return dict(key=k, model="runs/m", model_sha256="w" * 64, step=step, strategy="greedy", settings={},
+                test_hash="t" * 64, test_path="test.csv", n=3, metrics=metrics, outputs=outputs, info={})
+
+
+def test_same_settings_written_two_ways_give_one_key():
+    assert key("greedy") == key("greedy", max_new_tokens=256, constrained=False)  # explicit defaults
+    assert key("greedy") == key("greedy", temperature=0.7, top_p=0.9)  # sampling keys are irrelevant to greedy
+    assert key("sample", temperature=1, top_p=0.9) == key("sample", top_p=0.9, temperature=1.0)  # order, int/float
+    assert key("sample", temperature=0.7) != key("sample", temperature=0.8)
+    assert key("sample") != key("greedy")
+    assert key("greedy", constrained=True) != key("greedy")
+
+
+def test_canonical_settings_refuses_unknown_keys_and_strategies():
+    with pytest.raises(ValueError, match="tempreature"):
+        canonical_settings("sample", {"tempreature": 0.5}, DEFAULTS)
+    with pytest.raises(ValueError, match="beam"):
+        canonical_settings("beam", {}, DEFAULTS)
+
+
+def test_add_get_and_identical_rerun_is_a_noop(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    metrics = {"overall": {"validity": 1.0, "n": 3}, "by_depth": {2: {"validity": 1.0}}}
+    assert reg.add(run("k1", metrics)) is None
+    assert reg.add(run("k1", metrics)) is None  # same key, same metrics (int depth keys round-trip through JSON)
+    assert len(reg.runs()) == 1
+    got = reg.get("k1")
+    assert got["metrics"]["by_depth"]["2"]["validity"] == 1.0 and got["step"] == 100
+    assert reg.get("missing") is None
+    assert [r["key"] for r in reg.runs(strategy="greedy")] == ["k1"] and reg.runs(strategy="beam") == []
+
+
+def test_conflict_is_reported_not_overwritten(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    reg.add(run("k1", {"overall": {"validity": 1.0, "cos_rho_mean": 0.8}}))
+    conflict = reg.add(run("k1", {"overall": {"validity": 1.0, "cos_rho_mean": 0.7}}))
+    assert conflict["differences"] == ["overall.cos_rho_mean"]
+    assert reg.get("k1")["metrics"]["overall"]["cos_rho_mean"] == 0.8
+    assert "overall.cos_rho_mean" in format_conflicts([conflict])
+
+
+def test_merge_copies_runs_and_outputs_and_reports_conflicts(tmp_path):
+    a, b = Registry(tmp_path / "a" / "r.sqlite"), Registry(tmp_path / "b" / "r.sqlite")
+    for reg, name in ((a, "x"), (b, "y")):
+        reg.outputs_dir.mkdir()
+        (reg.outputs_dir / f"{name}.parquet").write_text(name)
+    a.add(run("shared", {"overall": {"validity": 1.0}}, outputs="outputs/x.parquet"))
+    a.add(run("clash", {"overall": {"validity": 0.5}}, outputs="outputs/x.parquet"))
+    b.add(run("shared", {"overall": {"validity": 1.0}}, outputs="outputs/y.parquet"))
+    b.add(run("clash", {"overall": {"validity": 0.9}}, outputs="outputs/y.parquet"))
+    b.add(run("only_b", {"overall": {"validity": 0.7}}, step=200, outputs="outputs/y.parquet"))
+    added, conflicts = a.merge(tmp_path / "b" / "r.sqlite")
+    assert added == 1
+    assert [c["key"] for c in conflicts] == ["clash"] and conflicts[0]["differences"] == ["overall.validity"]
+    assert {r["key"] for r in a.runs()} == {"shared", "clash", "only_b"}
+    assert a.get("clash")["metrics"]["overall"]["validity"] == 0.5
+    assert a.outputs_path(a.get("only_b")).read_text() == "y"
+    assert a.merge(b) == (0, conflicts)  # merging again: nothing new, the same conflict
+
+
+def test_metrics_differ_tolerates_float_noise():
+    assert metrics_differ({"a": 0.1 + 0.2, "b": {"c": 1}}, {"a": 0.3, "b": {"c": 1}}) == []
+    assert metrics_differ({"a": 0.3, "b": None}, {"a": 0.3, "b": 0.5}) == ["b"]
