@@ -9,8 +9,11 @@ Each sub-command registers itself with `_command` below; `main()` dispatches.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
 
@@ -23,6 +26,158 @@ def _command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]
         return run
 
     return register
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# formula tables (CSV / Parquet / JSONL by extension) and the generate / embed commands
+
+TABLE_FORMATS = (".csv", ".parquet", ".jsonl")
+
+
+def _table_format(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in TABLE_FORMATS:
+        raise SystemExit(f"stldec: {path}: unknown table format {suffix!r}; use one of {', '.join(TABLE_FORMATS)}")
+    return suffix
+
+
+def read_table(path: str):
+    """A formula table as a pandas DataFrame; a CSV/JSONL `embedding` column comes back as lists of floats."""
+    import pandas as pd
+
+    fmt = _table_format(path)
+    if fmt == ".parquet":
+        return pd.read_parquet(path)
+    df = pd.read_csv(path, keep_default_na=False) if fmt == ".csv" else pd.read_json(path, lines=True, dtype=False)
+    if fmt == ".csv" and "embedding" in df:
+        df["embedding"] = [json.loads(e) for e in df["embedding"]]
+    return df
+
+
+def write_table(df, path: str) -> None:
+    """Write atomically (temporary name, then rename). CSV stores `embedding` as JSON text; floats are exact."""
+    import numpy as np
+
+    fmt, tmp = _table_format(path), f"{path}.tmp"
+    if fmt != ".parquet" and "embedding" in df:
+        df = df.assign(embedding=[np.asarray(e, np.float32).tolist() for e in df["embedding"]])
+    if fmt == ".parquet":
+        df.to_parquet(tmp, index=False)
+    elif fmt == ".csv":
+        df = df.assign(embedding=[json.dumps(e) for e in df["embedding"]]) if "embedding" in df else df
+        df.to_csv(tmp, index=False)
+    else:
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in df.to_dict(orient="records"))
+    os.replace(tmp, path)
+
+
+def _generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="balanced", help="generator preset (random, balanced, easy, hard)")
+    p.add_argument("--n", type=int, default=1000, help="number of formulae")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n_vars", type=int, default=3)
+    p.add_argument("--n_points", type=int, default=100, help="trajectory length; horizons stay <= n_points - 1")
+    p.add_argument("--out", required=True, help="output file: .csv, .parquet or .jsonl")
+
+
+@_command("generate", _generate_arguments)
+def generate(args: argparse.Namespace) -> None:
+    """Random formulae to CSV/Parquet/JSONL, with columns formula, depth, size, horizon."""
+    import pandas as pd
+
+    from .stl import FormulaGenerator
+
+    _table_format(args.out)
+    gen = FormulaGenerator(preset=args.preset, seed=args.seed, n_vars=args.n_vars, n_points=args.n_points)
+    fs = gen.sample(args.n)
+    df = pd.DataFrame({"formula": [f.to_string() for f in fs], "depth": [f.depth for f in fs],
+                       "size": [f.size for f in fs], "horizon": [f.time_horizon for f in fs]})
+    write_table(df, args.out)
+    print(f"wrote {len(df)} formulae (mean depth {df['depth'].mean():.2f}) to {args.out}")
+
+
+_ENCODER_OPTIONS = {"n_trajectories": int, "n_vars": int, "n_points": int, "sigma2": float, "seed": int,
+                    "convention": str}
+
+
+def _embed_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--in", dest="input", required=True, help="formula table (.csv/.parquet/.jsonl, column formula)")
+    p.add_argument("--out", required=True, help="output table: the input plus an `embedding` column")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--encoder", help="a saved StlKernelEncoder directory")
+    which.add_argument("--anchors", help="anchor file, one formula per line (default: the package's own set)")
+    for name, kind in _ENCODER_OPTIONS.items():
+        p.add_argument(f"--{name}", type=kind, help="encoder parameter (default: the StlKernelEncoder default)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--chunk", type=int, default=1000, help="formulae per resumable part")
+    p.add_argument("--max_chunks", type=int, help="stop after computing this many parts (rerun to resume)")
+
+
+@_command("embed", _embed_arguments)
+def embed(args: argparse.Namespace) -> None:
+    """Add kernel embeddings to a formula table; resumable: finished parts in OUT.parts/ are never recomputed.
+
+    Each chunk of `--chunk` formulae is written atomically to OUT.parts/part-NNNNN.parquet next to a manifest
+    holding the input's hash and the encoder's fingerprint; a rerun checks both, skips finished parts and, once
+    all are there, assembles OUT and removes the parts.
+    """
+    import hashlib
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from .stl import StlKernelEncoder
+
+    _table_format(args.out)
+    if args.chunk < 1:
+        raise SystemExit("stldec embed: --chunk must be >= 1")
+    df = read_table(args.input)
+    if "formula" not in df:
+        raise SystemExit(f"stldec embed: {args.input} has no `formula` column (columns: {list(df.columns)})")
+    formulae = [str(s) for s in df["formula"]]
+    options = {k: getattr(args, k) for k in _ENCODER_OPTIONS if getattr(args, k) is not None}
+    if args.encoder and options:
+        raise SystemExit(f"stldec embed: --encoder fixes the encoder; drop {', '.join('--' + k for k in options)}")
+    if args.encoder:
+        encoder = StlKernelEncoder.from_pretrained(args.encoder, device=args.device)
+    else:
+        encoder = StlKernelEncoder(args.anchors, device=args.device, **options)
+
+    parts = Path(f"{args.out}.parts")
+    manifest = {"input_sha256": hashlib.sha256("\n".join(formulae).encode()).hexdigest(), "n_rows": len(formulae),
+                "chunk": args.chunk, "encoder": encoder.fingerprint}
+    if (parts / "manifest.json").is_file():
+        if json.loads((parts / "manifest.json").read_text()) != manifest:
+            raise SystemExit(f"stldec embed: {parts} holds parts of another input, chunk size or encoder; "
+                             "delete it or use the same arguments")
+    else:
+        parts.mkdir(parents=True, exist_ok=True)
+        (parts / "manifest.json.tmp").write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(parts / "manifest.json.tmp", parts / "manifest.json")
+
+    n_chunks = -(-len(formulae) // args.chunk)
+    files = [parts / f"part-{k:05d}.parquet" for k in range(n_chunks)]
+    todo = [k for k in range(n_chunks) if not files[k].is_file()]
+    if len(todo) < n_chunks:
+        print(f"resuming: {n_chunks - len(todo)} of {n_chunks} parts already in {parts}")
+    for k in tqdm(todo[: args.max_chunks], desc="embed", unit="part", initial=n_chunks - len(todo), total=n_chunks):
+        z = encoder.encode(formulae[k * args.chunk : (k + 1) * args.chunk]).numpy()  # (b, D)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(z.ravel()), z.shape[1])
+        pq.write_table(pa.table({"embedding": column}), f"{files[k]}.tmp")
+        os.replace(f"{files[k]}.tmp", files[k])
+    if args.max_chunks is not None and len(todo) > args.max_chunks:
+        print(f"stopped after {args.max_chunks} parts; rerun the same command to resume")
+        return
+    D = encoder.embedding_dim
+    z = [pq.read_table(p)["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, D) for p in files]
+    z = np.concatenate(z) if z else np.zeros((0, D), np.float32)  # (n_rows, D)
+    write_table(df.assign(embedding=list(z)), args.out)
+    shutil.rmtree(parts)
+    print(f"wrote {len(df)} embeddings of dimension {encoder.embedding_dim} to {args.out} ({encoder.fingerprint})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,8 @@ from .formula import (
     as_formulae,
     parse,
 )
+from .kernel import StlKernelEncoder, cos_rho
 
 __all__ = ["Always", "And", "Atom", "Eventually", "Formula", "Interval", "Not", "Or", "STLParseError", "Until",
            "as_formulae", "parse"]
+__all__ += ["StlKernelEncoder", "cos_rho"]

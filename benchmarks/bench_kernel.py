@@ -1,0 +1,59 @@
+"""Kernel embedding benchmark: the published 1024 anchors at 10k and 100k trajectories.
+
+For each trajectory count N: time to sample the trajectories, time to compute the anchors' robustness once (the
+cached (D, N) matrix), then embedding throughput (formulae/s) on the 3000-formula test set (all of it, or the first
+`--embed_n`), and the process's peak RSS so far. Targets on the 2-core CPU: anchors at 100k <= 3 min; then >= 5
+formulae/s at 100k and >= 50/s at 10k.
+
+    .venv/bin/python benchmarks/bench_kernel.py [--sizes 10000 100000] [--embed_n 3000] [--device cpu]
+"""
+
+import argparse
+import csv
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from stldec.stl.kernel import StlKernelEncoder
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--anchors", default=str(DATA / "anchors_1024.txt"))
+    p.add_argument("--test", default=str(DATA / "balanced_test_3000.csv"))
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    p.add_argument("--embed_n", type=int, nargs="+", default=[3000], help="formulae embedded (one, or one per size)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    with open(args.test, newline="") as f:
+        test = [row["formula"] for row in csv.DictReader(f)]
+    embed_n = args.embed_n * len(args.sizes) if len(args.embed_n) == 1 else args.embed_n
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, device {args.device}")
+    print("| N | sample (s) | anchors' robustness (s) | embedded | embed (s) | formulae/s | peak RSS (GB) |")
+    print("|---|---|---|---|---|---|---|")
+    for n, m in zip(args.sizes, embed_n):
+        enc = StlKernelEncoder(args.anchors, n_trajectories=n, device=args.device)
+        t0 = time.perf_counter()
+        x = enc.trajectories  # (N, 3, 100), sampled once
+        t1 = time.perf_counter()
+        a = enc.anchor_units  # (1024, N), computed once
+        t2 = time.perf_counter()
+        enc.encode(test[:m])
+        t3 = time.perf_counter()
+        assert x.shape[0] == a.shape[1] == n
+        print(f"| {n} | {t1 - t0:.1f} | {t2 - t1:.1f} | {m} | {t3 - t2:.1f} | {m / (t3 - t2):.1f} | "
+              f"{peak_rss_gb():.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
