@@ -1,0 +1,336 @@
+"""Batched STL robustness: many formulae x many trajectories in a few dozen tensor ops.
+
+`robustness(formulae, trajectories)` compiles the batch into a `RobustnessPlan` and runs it on trajectory chunks:
+
+1. Every formula is lowered to a small IR (atom, not, and, or, windowed max F / min G, until) and hash-consed, so
+   shared sub-formulae are computed once. Under the reference convention a timed until is rewritten exactly as the
+   published code does: `G[0,a] phi & F[a,b] psi & F[a,inf) (phi U psi)` with an *inclusive* unbounded until.
+2. IR nodes are grouped by (height, operator); one group is evaluated by one short sequence of tensor ops whatever
+   the intervals of its members. All node values live in one "arena" of shape (2 + nodes*T, N) whose rows are
+   (node, time) slots with the N trajectories contiguous; slots 0 and 1 hold +inf and -inf, so a time shift, the
+   end-of-domain mask and the empty-window fill of a whole group are one `index_select` with a precomputed index.
+3. Sliding windows use a sparse table (log-doubling, O(log w) passes, then two lookups per sample); until uses the
+   same doubling on the composition of the maps x -> max(A_t, min(B_t, x)) (A=psi, B=phi for the strict until),
+   which gives any window in four lookups and never materialises (N, T, T) tensors.
+
+Conventions (DESIGN.md "Intervals"): "textbook" equals rtamt's `StlDiscreteTimeOfflineSpecification` (strict until,
+windows truncated at the end of the trace, empty window: G=+inf, F/U=-inf; `[a,inf)` is `[a,T-1]`); "reference"
+equals the published code: each node is defined on its domain only (a bounded window shortens its child by `b`,
+`[a,inf)` by `a`, binary operators take the shorter operand), unbounded operators range to the end of their child's
+domain, values are always finite, and samples outside the root's domain are NaN with `at="all"`.
+
+Memory: one chunk of `c` trajectories holds the arena, `(2 + nodes*T) * c` values, plus the largest group's table,
+`(levels+1) * rows * T * c` values (twice for until). `chunk_size=None` picks `c` so that both stay under
+`max_bytes` (default 256 MiB), whatever N is; the result itself is (B, N) or (B, N, T).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .formula import Always, And, Atom, Eventually, Formula, Not, Or, Until, as_formulae
+
+CONVENTIONS = ("reference", "textbook")
+POS, NEG = 0, 1  # arena/workspace slots holding +inf and -inf
+
+
+def _log2(n: int) -> int:
+    return max(n, 1).bit_length() - 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# lowering: Formula -> hash-consed IR. A node is (op, children, params); dh is the reference "domain horizon"
+
+
+class _IR:
+    def __init__(self, convention: str):
+        self.convention = convention
+        self.nodes: list[tuple] = []  # (op, children, params)
+        self.dh: list[int] = []  # samples lost at the end of the trace (reference); 0 under textbook
+        self.ids: dict[tuple, int] = {}
+        self.memo: dict[Formula, int] = {}
+
+    def add(self, op: str, children: tuple[int, ...], params: tuple = ()) -> int:
+        if op in ("and", "or"):
+            children = tuple(sorted(children))  # min/max and truncation are symmetric
+        key = (op, children, params)
+        if key not in self.ids:
+            self.ids[key] = len(self.nodes)
+            self.nodes.append(key)
+            self.dh.append(self._dh(op, children, params) if self.convention == "reference" else 0)
+        return self.ids[key]
+
+    def _dh(self, op: str, children: tuple[int, ...], params: tuple) -> int:
+        h = max((self.dh[c] for c in children), default=0)
+        if op in ("F", "G"):
+            a, b = params
+            h += a if b is None else b
+        return h
+
+    def lower(self, f: Formula) -> int:
+        if f not in self.memo:
+            self.memo[f] = self._lower(f)
+        return self.memo[f]
+
+    def _lower(self, f: Formula) -> int:
+        match f:
+            case Atom():
+                return self.add("atom", (), (f.var, float(f.threshold), f.lte))
+            case Not():
+                return self.add("not", (self.lower(f.child),))
+            case And() | Or():
+                return self.add("and" if isinstance(f, And) else "or", (self.lower(f.left), self.lower(f.right)))
+            case Always() | Eventually():
+                a, b = (0, None) if f.interval is None else (f.interval.start, f.interval.end)
+                return self.add("G" if isinstance(f, Always) else "F", (self.lower(f.child),), (a, b))
+            case Until():
+                l, r = self.lower(f.left), self.lower(f.right)
+                a, b = (0, None) if f.interval is None else (f.interval.start, f.interval.end)
+                if self.convention == "textbook":
+                    return self.add("U", (l, r), (a, b))
+                u = self.add("U", (l, r), (0, None))  # the reference's inclusive unbounded until
+                if f.interval is None:
+                    return u
+                g = self.add("G", (l,), (0, a))
+                head = self.add("and", (g, self.add("F", (r,), (a, b))))
+                return self.add("and", (head, self.add("F", (u,), (a, None))))
+        raise TypeError(f"not a formula node: {f!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the compiled plan
+
+
+@dataclass
+class _Group:
+    op: str
+    start: int  # first arena node of the group's output (outputs are contiguous)
+    rows: int
+    idx: dict[str, torch.Tensor]  # precomputed slot indices
+    levels: list[int]  # rows that need doubling level j+1 (a prefix: rows are sorted by need)
+    extra: dict  # atom thresholds/signs
+
+
+class RobustnessPlan:
+    """A batch of formulae compiled for trajectories of `n_points` samples on one device; reusable across chunks.
+
+    `plan(x)` with x (N, n_vars, T) returns (B, N) robustness at t=0, `plan(x, at="all")` returns (B, N, T).
+    """
+
+    def __init__(self, formulae: Sequence[Formula], n_points: int, convention: str, device: torch.device | str):
+        T, self.T, self.convention, self.device = n_points, n_points, convention, torch.device(device)
+        ir = _IR(convention)
+        roots = [ir.lower(f) for f in formulae]
+        height = []
+        for _, ch, _ in ir.nodes:
+            height.append(1 + max((height[c] for c in ch), default=-1))
+        groups: dict[tuple[int, str], list[int]] = {}
+        for i, (op, _, _) in enumerate(ir.nodes):
+            groups.setdefault((height[i], op), []).append(i)
+        self.n_nodes = len(ir.nodes)
+        pos = [0] * self.n_nodes
+        order: list[tuple[str, list[int]]] = []
+        for h, op in sorted(groups, key=lambda k: (k[0], k[1])):
+            members = groups[h, op]
+            if op in ("F", "G", "U"):
+                members = sorted(members, key=lambda i: -self._need(ir.nodes[i]))
+            order.append((op, members))
+        n = 0
+        for _, members in order:
+            for i in members:
+                pos[i], n = n, n + 1
+        slot = [2 + p * T for p in pos]  # arena slot of (node, t=0)
+        self.groups = [self._group(op, members, ir, pos, slot) for op, members in order]
+        self.max_table = max((g.rows * (len(g.levels) + 1) * (2 if g.op == "U" else 1) + g.rows for g in self.groups
+                              if g.op in ("F", "G", "U")), default=0) * T
+        self.roots = torch.tensor([pos[r] for r in roots], device=self.device)
+        self.root_slots = torch.tensor([slot[r] for r in roots], device=self.device)
+        self.root_len = torch.tensor([T - ir.dh[r] for r in roots], device=self.device)
+
+    def _need(self, node: tuple) -> int:
+        """Highest doubling level a windowed node needs."""
+        op, _, (a, b) = node
+        a, w = self._window(a, b)
+        return max(_log2(w), _log2(a)) if op == "U" else _log2(w)
+
+    def _window(self, a: int, b: int | None) -> tuple[int, int]:
+        """Window start and width clipped to the trace (an empty window keeps width 1 and reads only fill slots)."""
+        a = min(a, self.T)
+        b = self.T - 1 if b is None else min(b, self.T - 1)
+        return a, max(b - a + 1, 1)
+
+    def _group(self, op: str, members: list[int], ir: _IR, pos: list[int], slot: list[int]) -> _Group:
+        T, dev, rows = self.T, self.device, len(members)
+        t = torch.arange(T)
+        idx, levels, extra = {}, [], {}
+        nodes = [ir.nodes[i] for i in members]
+        if op == "atom":
+            var, thr, lte = zip(*(p for _, _, p in nodes))
+            sgn = torch.tensor([-1.0 if x else 1.0 for x in lte], dtype=torch.float64)
+            idx["var"] = torch.tensor(var)
+            extra = {"sgn": sgn.view(-1, 1, 1), "bias": (-sgn * torch.tensor(thr, dtype=torch.float64)).view(-1, 1, 1)}
+        elif op in ("not", "and", "or"):
+            for k in range(len(nodes[0][1])):
+                idx[f"c{k}"] = torch.tensor([pos[ch[k]] for _, ch, _ in nodes])
+        else:
+            a_w = [self._window(*p) for _, _, p in nodes]
+            need = [self._need(nd) for nd in nodes]
+            levels = [sum(n > j for n in need) for j in range(max(need))]
+            end = torch.tensor([T - max(ir.dh[c] for c in ch) for _, ch, _ in nodes]).view(-1, 1)  # domain of the input
+            a = torch.tensor([x for x, _ in a_w]).view(-1, 1)
+            w = torch.tensor([x for _, x in a_w]).view(-1, 1)
+            g = torch.arange(rows).view(-1, 1)
+            K = len(levels) + 1  # table levels 0..K-1
+
+            def fetch(child: int, shift, fill: int):  # (rows*T,) arena slots of child[t+shift], fill past its end
+                s = t + shift
+                base = torch.tensor([slot[ch[child]] for _, ch, _ in nodes]).view(-1, 1)
+                return torch.where(s < end, base + s, fill).flatten()
+
+            if op in ("F", "G"):
+                idx["fetch"] = fetch(0, a, NEG if op == "F" else POS)
+                k = torch.tensor([_log2(x) for _, x in a_w]).view(-1, 1)
+                tab = lambda lev, s: 2 + (lev * rows + g) * T + torch.clamp(s, max=T - 1)  # noqa: E731
+                idx["final"] = torch.cat([tab(k, t), tab(k, t + w - (1 << k))]).flatten()
+            else:  # until: table (K, 2, rows, T) of compositions (A, B), then V(u) for the window, then shift by a
+                idx["phi"], idx["psi"] = fetch(0, 0, POS), fetch(1, 0, NEG)
+                tab = lambda lev, ab, s: 2 + ((lev * 2 + ab) * rows + g) * T + torch.clamp(s, max=T - 1)  # noqa: E731
+                k = torch.tensor([_log2(x) for _, x in a_w]).view(-1, 1)
+                L = w - (1 << k)
+                j = torch.tensor([_log2(x) for x in L.flatten().tolist()]).view(-1, 1)
+                has_l = L > 0
+                t1 = tab(k, 0, t)
+                t2 = torch.where(has_l, tab(j, 1, t), tab(0, 1, t))
+                t3 = torch.where(has_l, tab(j, 1, t + L - (1 << j)), tab(0, 1, t))
+                t4 = torch.where(has_l, tab(k, 0, t + L), t1)
+                idx["v"] = torch.cat([t1, t2, t3, t4]).flatten()
+                i = torch.tensor([_log2(x) for x in a.flatten().tolist()]).view(-1, 1)
+                m1a = torch.where(a > 0, tab(i, 1, t), POS)
+                m1b = torch.where(a > 0, tab(i, 1, t + a - (1 << i)), POS)
+                v_at = torch.where(t + a < T, 2 + K * 2 * rows * T + g * T + torch.clamp(t + a, max=T - 1), NEG)
+                idx["final"] = torch.cat([m1a, m1b, v_at]).flatten()
+        idx = {name: v.to(dev) for name, v in idx.items()}
+        extra = {name: v.to(dev) for name, v in extra.items()}
+        return _Group(op, pos[members[0]], rows, idx, levels, extra)
+
+    def bytes_per_trajectory(self, itemsize: int = 4) -> int:
+        return (2 + self.n_nodes * self.T + self.max_table + 2) * itemsize
+
+    def __call__(self, x: torch.Tensor, at: str = "start") -> torch.Tensor:
+        """x (N, n_vars, T) -> (B, N) at t=0, or (B, N, T) with at="all"."""
+        T, N = self.T, x.shape[0]
+        xt = x.permute(1, 2, 0).contiguous()  # (n_vars, T, N)
+        arena = x.new_empty(2 + self.n_nodes * T, N)
+        arena[:2] = torch.tensor([[float("inf")], [float("-inf")]], dtype=x.dtype, device=x.device)
+        nodes = arena[2:].view(self.n_nodes, T, N)
+        for g in self.groups:
+            out = nodes[g.start : g.start + g.rows]  # (rows, T, N)
+            if g.op == "atom":
+                sgn, bias = g.extra["sgn"].to(x.dtype), g.extra["bias"].to(x.dtype)
+                torch.addcmul(bias, xt.index_select(0, g.idx["var"]), sgn, out=out)
+            elif g.op == "not":
+                torch.neg(nodes.index_select(0, g.idx["c0"]), out=out)
+            elif g.op in ("and", "or"):
+                op = torch.minimum if g.op == "and" else torch.maximum
+                op(nodes.index_select(0, g.idx["c0"]), nodes.index_select(0, g.idx["c1"]), out=out)
+            elif g.op in ("F", "G"):
+                self._window_group(g, arena, out)
+            else:
+                self._until_group(g, arena, out)
+        if at == "start":
+            return arena.index_select(0, self.root_slots)  # (B, N)
+        res = nodes.index_select(0, self.roots).permute(0, 2, 1)  # (B, N, T)
+        if self.convention == "reference":
+            res = res.masked_fill(torch.arange(T, device=x.device) >= self.root_len.view(-1, 1, 1), float("nan"))
+        return res
+
+    def _window_group(self, g: _Group, arena: torch.Tensor, out: torch.Tensor) -> None:
+        T, N, rows = self.T, arena.shape[1], g.rows
+        op = torch.maximum if g.op == "F" else torch.minimum
+        ws = arena.new_empty(2 + (len(g.levels) + 1) * rows * T, N)
+        ws[:2] = arena[:2]
+        tab = ws[2:].view(-1, rows, T, N)
+        torch.index_select(arena, 0, g.idx["fetch"], out=tab[0].view(-1, N))
+        for lev, n in enumerate(g.levels):
+            d, src, dst = 1 << lev, tab[lev, :n], tab[lev + 1, :n]
+            if d < T:
+                op(src[:, : T - d], src[:, d:], out=dst[:, : T - d])
+            dst[:, max(T - d, 0) :] = src[:, max(T - d, 0) :]
+        both = ws.index_select(0, g.idx["final"]).view(2, rows, T, N)
+        op(both[0], both[1], out=out)
+
+    def _until_group(self, g: _Group, arena: torch.Tensor, out: torch.Tensor) -> None:
+        T, N, rows, K = self.T, arena.shape[1], g.rows, len(g.levels) + 1
+        ws = arena.new_empty(2 + (2 * K + 1) * rows * T, N)
+        ws[:2] = arena[:2]
+        tab = ws[2 : 2 + 2 * K * rows * T].view(K, 2, rows, T, N)  # (A, B) of the composition over [t, t+2^lev)
+        torch.index_select(arena, 0, g.idx["phi"], out=tab[0, 1].view(-1, N))
+        torch.index_select(arena, 0, g.idx["psi"], out=tab[0, 0].view(-1, N))
+        if self.convention == "reference":  # inclusive until: A_t = min(phi, psi)
+            torch.minimum(tab[0, 0], tab[0, 1], out=tab[0, 0])
+        for lev, n in enumerate(g.levels):
+            d, src, dst = 1 << lev, tab[lev, :, :n], tab[lev + 1, :, :n]
+            if d < T:
+                A, B = src[0], src[1]
+                torch.maximum(A[:, : T - d], torch.minimum(B[:, : T - d], A[:, d:]), out=dst[0, :, : T - d])
+                torch.minimum(B[:, : T - d], B[:, d:], out=dst[1, :, : T - d])
+            dst[:, :, max(T - d, 0) :] = src[:, :, max(T - d, 0) :]
+        t = ws.index_select(0, g.idx["v"]).view(4, rows, T, N)
+        v = ws[2 + 2 * K * rows * T :].view(rows, T, N)  # V(u): the until over [u, u+w) of each row
+        torch.maximum(t[0], torch.minimum(torch.minimum(t[1], t[2]), t[3]), out=v)
+        f = ws.index_select(0, g.idx["final"]).view(3, rows, T, N)
+        torch.minimum(torch.minimum(f[0], f[1]), f[2], out=out)
+
+
+@functools.lru_cache(maxsize=8)
+def compile_plan(formulae: tuple[Formula, ...], n_points: int, convention: str = "reference",
+                 device: str = "cpu") -> RobustnessPlan:
+    """The (cached) plan for a tuple of formulae; `robustness` calls this, callers may reuse it directly."""
+    return RobustnessPlan(formulae, n_points, convention, device)
+
+
+def robustness(formulae: Formula | str | Sequence[Formula | str], trajectories: torch.Tensor, *,
+               convention: str = "reference", at: str = "start", chunk_size: int | None = None,
+               max_bytes: int = 256 << 20) -> torch.Tensor:
+    """Quantitative semantics of every formula on every trajectory.
+
+    formulae: Formula | str | sequence of them (strings in the reference dialect); trajectories: (N, n_vars, T).
+    Returns (B, N) at t=0 (at="start") or (B, N, T) (at="all"), float64 if the input is float64 else float32, on
+    the input's device. Under "reference", a formula needs `time_horizon < T` (ValueError otherwise) and samples
+    past the root's domain are NaN; under "textbook" values may be +-inf (empty windows, as rtamt).
+    Trajectories are processed `chunk_size` at a time (default: as many as fit in `max_bytes` of workspace).
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}; expected one of {CONVENTIONS}")
+    if at not in ("start", "all"):
+        raise ValueError(f"at must be 'start' or 'all', got {at!r}")
+    fs = tuple(as_formulae(formulae))
+    if not isinstance(trajectories, torch.Tensor) or trajectories.dim() != 3:
+        raise ValueError("trajectories must be a tensor of shape (N, n_vars, T)")
+    N, n_vars, T = trajectories.shape
+    if convention == "reference":
+        for f in fs:
+            if f.time_horizon >= T:
+                raise ValueError(f"formula {f} has time horizon {f.time_horizon} but the trajectories have T={T} "
+                                 f"samples: the reference convention needs horizon <= T-1 = {T - 1}")
+    for f in fs:
+        if f.variables and max(f.variables) >= n_vars:
+            raise ValueError(f"formula {f} reads x_{max(f.variables)} but the trajectories have {n_vars} variables")
+    dtype = torch.float64 if trajectories.dtype == torch.float64 else torch.float32
+    x = trajectories.to(dtype)
+    plan = compile_plan(fs, T, convention, str(x.device))
+    if chunk_size is None:
+        chunk_size = max(1, max_bytes // plan.bytes_per_trajectory(x.element_size()))
+    if len(fs) == 0 or N <= chunk_size:
+        return plan(x, at) if len(fs) else x.new_empty((0, N) if at == "start" else (0, N, T))
+    return torch.cat([plan(x[i : i + chunk_size], at) for i in range(0, N, chunk_size)], dim=1)
+
+
+def satisfaction(formulae: Formula | str | Sequence[Formula | str], trajectories: torch.Tensor, *,
+                 convention: str = "reference", at: str = "start", **kwargs) -> torch.Tensor:
+    """Boolean semantics as `robustness > 0` (robustness exactly 0 and NaN count as not satisfied)."""
+    return robustness(formulae, trajectories, convention=convention, at=at, **kwargs) > 0

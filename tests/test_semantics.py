@@ -1,0 +1,241 @@
+"""Robustness semantics: textbook == rtamt, reference == a literal transcription of the published procedure,
+hand-computed cases, and the API contract (shapes, NaN domain, dtype, chunking, batching, errors)."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from stldec.stl import Always, And, Atom, Eventually, Interval, Not, Or, Until, parse
+from stldec.stl.semantics import robustness, satisfaction
+
+INF = math.inf
+
+
+def random_formula(rng: random.Random, depth: int, n_vars: int = 2, max_t: int = 6):
+    """Small recursive sampler: every operator, bounded / [a,inf) / unbounded intervals, nested temporal ops."""
+    if depth <= 1 or rng.random() < 0.2:
+        return Atom(rng.randrange(n_vars), round(rng.uniform(-1.5, 1.5), 4), rng.random() < 0.5)
+    sub = lambda: random_formula(rng, depth - 1, n_vars, max_t)  # noqa: E731
+    kind = rng.choice(["not", "and", "or", "G", "F", "U", "U"])
+    if kind == "not":
+        return Not(sub())
+    if kind in ("and", "or"):
+        return (And if kind == "and" else Or)(sub(), sub())
+    r = rng.random()
+    a = rng.randrange(max_t)
+    interval = None if r < 0.25 else Interval(a, None) if r < 0.45 else Interval(a, a + rng.randrange(max_t))
+    if kind == "U":
+        return Until(sub(), sub(), interval)
+    return (Always if kind == "G" else Eventually)(sub(), interval)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# textbook == rtamt
+
+
+def to_rtamt(f, T: int) -> str:
+    def iv(i):
+        return "" if i is None else f"[{i.start}:{T - 1 if i.end is None else i.end}]"
+
+    match f:
+        case Atom():
+            return f"(x{f.var} {'<=' if f.lte else '>='} {f.threshold!r})"
+        case Not():
+            return f"(not {to_rtamt(f.child, T)})"
+        case And() | Or():
+            return f"({to_rtamt(f.left, T)} {'and' if isinstance(f, And) else 'or'} {to_rtamt(f.right, T)})"
+        case Always() | Eventually():
+            return f"({'always' if isinstance(f, Always) else 'eventually'}{iv(f.interval)}{to_rtamt(f.child, T)})"
+        case Until():
+            return f"({to_rtamt(f.left, T)} until{iv(f.interval)} {to_rtamt(f.right, T)})"
+
+
+def rtamt_eval(f, x: torch.Tensor) -> list[float]:
+    import rtamt
+
+    T = x.shape[-1]
+    spec = rtamt.StlDiscreteTimeOfflineSpecification()
+    for v in range(x.shape[0]):
+        spec.declare_var(f"x{v}", "float")
+    spec.spec = to_rtamt(f, T)
+    spec.parse()
+    data = {"time": list(range(T)), **{f"x{v}": [float(c) for c in x[v]] for v in range(x.shape[0])}}  # fresh lists
+    return [r for _, r in spec.evaluate(data)]
+
+
+def test_textbook_matches_rtamt():
+    pytest.importorskip("rtamt")
+    rng = random.Random(0)
+    pairs = 0
+    for i in range(130):
+        T = rng.randrange(12, 22)
+        f = random_formula(rng, rng.randrange(2, 6))
+        x = torch.randn(4, 2, T, generator=torch.Generator().manual_seed(i), dtype=torch.float64).cumsum(-1) * 0.5
+        ours = robustness(f, x, convention="textbook", at="all")[0]  # (N, T)
+        for n in range(x.shape[0]):
+            want = torch.tensor(rtamt_eval(f, x[n]), dtype=torch.float64)
+            assert torch.equal(torch.isinf(ours[n]), torch.isinf(want)), (str(f), ours[n], want)
+            assert torch.allclose(ours[n], want, rtol=0, atol=1e-12), (str(f), ours[n], want)
+            pairs += 1
+    assert pairs >= 500
+
+
+def test_textbook_empty_windows_are_infinite():
+    x = torch.zeros(1, 1, 5)
+    r = robustness(["always[3,4] ( x_0 >= -1 )", "eventually[3,4] ( x_0 >= -1 )", "( x_0 >= 0 until[3,4] x_0 >= 0 )"],
+                   x, convention="textbook", at="all")[:, 0]
+    assert torch.equal(r[0], torch.tensor([1, 1, INF, INF, INF]))
+    assert torch.equal(r[1], torch.tensor([1, 1, -INF, -INF, -INF]))
+    assert torch.equal(r[2], torch.tensor([0, 0, -INF, -INF, -INF]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reference == literal transcription of the published procedure (children of timed operators see x[a:])
+
+
+def brute_reference(f, x: list[list[float]]) -> list[float]:
+    match f:
+        case Atom():
+            return [f.threshold - v if f.lte else v - f.threshold for v in x[f.var]]
+        case Not():
+            return [-v for v in brute_reference(f.child, x)]
+        case And() | Or():
+            l, r = brute_reference(f.left, x), brute_reference(f.right, x)
+            op = min if isinstance(f, And) else max
+            return [op(p, q) for p, q in zip(l, r)]
+        case Always() | Eventually():
+            op = min if isinstance(f, Always) else max
+            a, b = (0, None) if f.interval is None else (f.interval.start, f.interval.end)
+            v = brute_reference(f.child, [row[a:] for row in x])
+            if b is None:
+                return [op(v[t:]) for t in range(len(v))]
+            return [op(v[t : t + b - a + 1]) for t in range(len(v) - (b - a))]
+        case Until():
+            if f.interval is None:
+                l, r = brute_reference(f.left, x), brute_reference(f.right, x)
+                n = min(len(l), len(r))
+                return [max(min(r[s], min(l[t : s + 1])) for s in range(t, n)) for t in range(n)]
+            a = f.interval.start
+            g = brute_reference(Always(f.left, Interval(0, a)), x)
+            h = brute_reference(Eventually(f.right, f.interval), x)
+            u = brute_reference(Eventually(Until(f.left, f.right), Interval(a, None)), x)
+            return [min(p, q, s) for p, q, s in zip(g, h, u)]
+    raise TypeError(f)
+
+
+def test_reference_matches_brute_force():
+    rng = random.Random(1)
+    checked = 0
+    while checked < 150:
+        T = rng.randrange(10, 24)
+        f = random_formula(rng, rng.randrange(2, 6))
+        if f.time_horizon >= T:
+            continue
+        x = torch.randn(3, 2, T, generator=torch.Generator().manual_seed(checked), dtype=torch.float64).cumsum(-1)
+        ours = robustness(f, x, at="all")[0]
+        for n in range(x.shape[0]):
+            want = brute_reference(f, x[n].tolist())
+            assert 0 < len(want) <= T - 0
+            assert not ours[n, : len(want)].isnan().any() and ours[n, len(want) :].isnan().all(), (str(f), len(want))
+            assert torch.allclose(ours[n, : len(want)], torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-12)
+        checked += 1
+
+
+X_HAND = torch.tensor([[[3.0, -1, 4, 1, -5, 9, 2, 6], [0, 2, -2, 1, 3, -1, 0, 1]]])  # (1, 2, 8)
+NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("x_0 >= 1", [2, -2, 3, 0, -6, 8, 1, 5]),
+        ("x_0 <= 1", [-2, 2, -3, 0, 6, -8, -1, -5]),
+        ("not ( x_1 >= 0 )", [0, -2, 2, -1, -3, 1, 0, -1]),
+        ("( x_0 >= 1 and x_1 >= 0 )", [0, -2, -2, 0, -6, -1, 0, 1]),
+        ("( x_0 >= 1 or x_1 >= 0 )", [2, 2, 3, 1, 3, 8, 1, 5]),
+        ("eventually[1,3] ( x_0 >= 1 )", [3, 3, 8, 8, 8, NAN, NAN, NAN]),
+        ("always[1,3] ( x_0 >= 1 )", [-2, -6, -6, -6, 1, NAN, NAN, NAN]),
+        ("always[2,inf] ( x_0 >= 1 )", [-6, -6, -6, 1, 1, 5, NAN, NAN]),
+        ("eventually ( x_0 >= 1 )", [8, 8, 8, 8, 8, 8, 5, 5]),
+        ("( x_0 >= 1 until x_1 >= 0 )", [0, -2, 0, 0, -6, 1, 1, 1]),
+        ("( x_0 >= 1 until[1,3] x_1 >= 0 )", [-2, -2, 0, -6, -6, NAN, NAN, NAN]),
+        ("( x_0 >= 1 until[1,inf] x_1 >= 0 )", [-2, -2, 0, -6, -6, 1, 1, NAN]),
+        ("always[0,2] ( eventually[1,inf] ( x_0 >= 1 ) )", [8, 8, 8, 5, 5, NAN, NAN, NAN]),
+    ],
+)
+def test_reference_hand_computed(text, want):
+    got = robustness(parse(text, dialect="textbook"), X_HAND, at="all")[0, 0]
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float32), rtol=0, atol=1e-6, equal_nan=True), got
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# API contract
+
+
+def walks(n: int, n_vars: int = 3, T: int = 30, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(n, n_vars, T, generator=torch.Generator().manual_seed(seed), dtype=dtype).cumsum(-1) * 0.3
+
+
+FORMULAE = ["eventually[0,5] ( x_0 >= 0.5 )", "( x_1 <= 0.2 until[2,6] x_2 >= 0.1 )", "always ( x_1 >= -1 )",
+            "not ( ( x_0 <= 0.2 until x_1 >= 0.1 ) )", "( always[1,inf] ( x_2 >= 0 ) or eventually[3,9] ( x_0 <= 0 ) )"]
+
+
+@pytest.mark.parametrize("convention", ["reference", "textbook"])
+def test_shapes_at_all_and_satisfaction(convention):
+    x = walks(7)
+    start = robustness(FORMULAE, x, convention=convention)
+    full = robustness(FORMULAE, x, convention=convention, at="all")
+    assert start.shape == (5, 7) and full.shape == (5, 7, 30) and start.dtype == torch.float32
+    assert torch.equal(full[..., 0], start)
+    sat = satisfaction(FORMULAE, x, convention=convention, at="all")
+    assert sat.dtype == torch.bool and torch.equal(sat, full > 0)  # 0 and NaN are "not satisfied"
+    if convention == "reference":
+        horizons = torch.tensor([4, 5, 0, 0, 8])  # [a,B] in the reference dialect is offsets a..B-1
+        assert torch.equal(full.isnan().sum(-1), horizons.view(-1, 1).expand(5, 7))
+
+
+def test_str_and_formula_inputs_agree():
+    x = walks(4)
+    f = parse(FORMULAE[1])
+    assert torch.equal(robustness(FORMULAE[1], x), robustness(f, x))
+    assert torch.equal(robustness([f], x), robustness(FORMULAE[1:2], x))
+
+
+def test_dtype_and_device():
+    x = walks(4, dtype=torch.float64)
+    r = robustness(FORMULAE, x)
+    assert r.dtype == torch.float64 and r.device == x.device
+    assert robustness(FORMULAE, x.half()).dtype == torch.float32
+    assert torch.allclose(robustness(FORMULAE, x.float()), r.float(), rtol=0, atol=1e-5)
+
+
+def test_horizon_error_names_formula_horizon_and_T():
+    with pytest.raises(ValueError, match=r"eventually\[0,31\].*horizon 30.*T=30"):
+        robustness("eventually[0,31] ( x_0 >= 0 )", walks(2))
+    robustness("eventually[0,31] ( x_0 >= 0 )", walks(2), convention="textbook")  # textbook: defined (±inf)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="convention"):
+        robustness(FORMULAE, walks(2), convention="strict")
+    with pytest.raises(ValueError, match="at must be"):
+        robustness(FORMULAE, walks(2), at="end")
+    with pytest.raises(ValueError, match="variables"):
+        robustness("x_5 >= 0", walks(2))
+    with pytest.raises(ValueError, match="shape"):
+        robustness(FORMULAE, torch.zeros(3, 30))
+
+
+@pytest.mark.parametrize("convention", ["reference", "textbook"])
+def test_chunked_and_batched_equal_unchunked_and_one_by_one(convention):
+    rng = random.Random(2)
+    fs = [f for f in (random_formula(rng, 5, n_vars=3) for _ in range(60)) if f.time_horizon < 30]
+    fs += fs[:5]  # duplicates share nodes
+    x = walks(37)
+    whole = robustness(fs, x, convention=convention, at="all")
+    same = lambda a, b: torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)  # noqa: E731  (exactly equal)
+    assert same(robustness(fs, x, convention=convention, at="all", chunk_size=5), whole)
+    for i, f in enumerate(fs):
+        assert same(robustness(f, x, convention=convention, at="all")[0], whole[i]), str(f)
