@@ -18,9 +18,11 @@ from .formula import (
     parse,
 )
 from .kernel import StlKernelEncoder, cos_rho
+from .measure import BaseMeasure
 from .semantics import robustness, satisfaction
 
 __all__ = ["Always", "And", "Atom", "Eventually", "Formula", "Interval", "Not", "Or", "STLParseError", "Until",
            "as_formulae", "parse"]
+__all__ += ["BaseMeasure"]
 __all__ += ["StlKernelEncoder", "cos_rho"]
 __all__ += ["robustness", "satisfaction"]
