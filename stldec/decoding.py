@@ -1,0 +1,555 @@
+"""Decoding formulae from embeddings: batched greedy / beam / sampling / n-best, grammar-constrained, re-ranked.
+
+    texts = decode(model, tokenizer, embeddings)                                   # greedy, (B, D) -> B strings
+    texts = decode(model, tokenizer, embeddings, strategy="beam", num_beams=4, constrained=True, n_vars=3)
+    texts = decode(model, tokenizer, embeddings, strategy="rerank", k=8, encoder=encoder)
+
+- `StlGrammar` is a pushdown automaton over tokenizer tokens that accepts exactly the canonical formula text
+  (`parse(t).to_string() == t`), with variables < `n_vars` and a time horizon <= `max_horizon`;
+  `GrammarLogitsProcessor` uses it to mask every token that cannot lead to such a formula within the token budget
+  left, so constrained outputs are valid from the first training step.
+- `rerank` generates k candidates (beam or sampling) plus the greedy output, re-embeds them with the kernel encoder
+  and keeps the one closest to the target embedding; never farther than greedy's.
+- `decode` works batch by batch with a progress bar; given `parts_path` it appends each finished batch to a JSONL
+  file, and a rerun with the same settings and inputs skips what is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
+
+_DIGITS = frozenset("0123456789")
+_MAX_INT_DIGITS = 3  # threshold integer part: |c| < 1000 (published data: |c| < 4)
+_MAX_DECIMALS = 4  # thresholds are printed with <= 4 decimals
+_NO_HORIZON = 9999  # horizon budget used when none is given: bounds interval values, never binds in practice
+_DONE = ("<done>",)  # state after EOS (or after a token outside the grammar): only EOS / padding follow
+
+
+def _extra_digits(p: int, lo: int, hi: int) -> int | None:
+    """Fewest digits to append to the canonical integer prefix `p` to land in [lo, hi]; None if impossible."""
+    if p == 0:
+        return 0 if lo <= 0 <= hi else None
+    k = 0
+    while p * 10**k <= hi:
+        if (p + 1) * 10**k - 1 >= lo:
+            return k
+        k += 1
+    return None
+
+
+def _number_need(s: str) -> int:
+    """Tokens still needed to complete the canonical threshold spelled so far as `s` (e.g. '-1.2' -> 0)."""
+    if s in ("", "-"):
+        return 3  # '0 . 0'
+    if "." not in s:
+        return 2
+    frac = s.split(".")[1]
+    return 1 if not frac or (frac != "0" and frac[-1] == "0") else 0
+
+
+class StlGrammar:
+    """Canonical formula text as a pushdown automaton over token strings (the `StlTokenizer` vocabulary).
+
+    A state is a tuple (a stack, top last) of hashable items, e.g. `(("LIT", ")"), ("F", 99))`; `advance(state,
+    token)` returns the next state or None when `token` cannot continue a canonical formula, and `need(state)` is
+    the exact number of tokens (EOS included) of the shortest completion. Formula items carry the horizon budget
+    left on their path, so every root-to-leaf sum of interval ends stays <= `max_horizon`; an interval item carries
+    the most horizon it may add (`cap`): the child's budget, or for `until` the least budget left at any atom of its
+    already decoded left operand (tracked by the pending "OP" items).
+    """
+
+    def __init__(self, *, n_vars: int = 3, max_horizon: int | None = None, dialect: str = "reference",
+                 eos_token: str = "</s>"):
+        if n_vars < 1:
+            raise ValueError(f"n_vars must be >= 1, got {n_vars}")
+        if dialect not in ("reference", "textbook"):
+            raise ValueError(f"unknown dialect {dialect!r}; expected 'reference' or 'textbook'")
+        self.n_vars, self.eos = n_vars, eos_token
+        self.offset = 1 if dialect == "reference" else 0  # printed end - AST end
+        self.start = (("F", _NO_HORIZON if max_horizon is None else max_horizon),)
+
+    def advance(self, state: tuple, token: str) -> tuple | None:
+        if state is _DONE:
+            return _DONE
+        if token == self.eos:
+            return _DONE if all(self._nullable(item) for item in state) else None
+        while state:
+            item, rest = state[-1], state[:-1]
+            nxt = self._consume(item, rest, token)
+            if nxt is not None or not self._nullable(item):
+                return nxt
+            state = rest  # a finished number / variable / absent interval: let the next item read the token
+        return None
+
+    def need(self, state: tuple) -> int:
+        return 0 if state is _DONE else 1 + sum(self._item_need(item) for item in state)
+
+    def top(self, state: tuple) -> tuple:
+        """The top of the stack down to the first item that must still read a token: it alone decides which
+        tokens may follow and how each changes `need` (the rest of the stack only shifts `need`)."""
+        i = len(state) - 1
+        while i > 0 and self._nullable(state[i]):
+            i -= 1
+        return state[i:]
+
+    # -- items -------------------------------------------------------------------------------------------------
+    def _nullable(self, item: tuple) -> bool:
+        tag = item[0]
+        return tag == "IV?" or (tag == "VAR" and item[1] is not None) or (tag == "NUM" and _number_need(item[1]) == 0)
+
+    def _item_need(self, item: tuple) -> int:
+        tag = item[0]
+        if tag == "F":
+            return 6  # 'x_ 0 <= 0 . 0'
+        if tag in ("LIT", "CMP", "OP"):
+            return 1
+        if tag == "IV?":
+            return 0
+        if tag == "VAR":
+            return 1 if item[1] is None else 0
+        if tag == "NUM":
+            return _number_need(item[1])
+        _, phase, a, b, cap = item  # "IV"
+        if phase == "a":
+            return 4 if a is None else 3  # [digit] ',' 'inf' ']'
+        if phase == "inf" or b is None:
+            return 1 if phase == "inf" else 2
+        return 1 + _extra_digits(b, a + self.offset, cap + self.offset)
+
+    @staticmethod
+    def _spend(below: tuple, horizon: int) -> tuple:
+        """Charge an interval's horizon to the formula it applies to (the first formula item below it)."""
+        i = max(i for i, item in enumerate(below) if item[0] == "F")
+        return below[:i] + (("F", below[i][1] - horizon),) + below[i + 1:]
+
+    def _consume(self, item: tuple, rest: tuple, tok: str) -> tuple | None:
+        tag = item[0]
+        if tag == "F":
+            budget = item[1]
+            if tok == "x_":  # an atom: its budget bounds every pending `until` whose left operand holds it
+                rest = tuple(("OP", min(it[1], budget)) if it[0] == "OP" else it for it in rest)
+                return rest + (("NUM", ""), ("CMP",), ("VAR", None))
+            if tok == "not":
+                return rest + (("LIT", ")"), ("F", budget), ("LIT", "("))
+            if tok in ("always", "eventually"):
+                return rest + (("LIT", ")"), ("F", budget), ("LIT", "("), ("IV?", budget))
+            if tok == "(":
+                return rest + (("LIT", ")"), ("F", budget), ("OP", budget), ("F", budget))
+            return None
+        if tag == "LIT":
+            return rest if tok == item[1] else None
+        if tag == "CMP":
+            return rest if tok in ("<=", ">=") else None
+        if tag == "OP":
+            return rest if tok in ("and", "or") else rest + (("IV?", item[1]),) if tok == "until" else None
+        if tag == "IV?":
+            return rest + (("IV", "a", None, None, item[1]),) if tok == "[" else None
+        if tag == "VAR":
+            v = item[1]
+            if tok not in _DIGITS or v == 0:
+                return None
+            v = int(tok) if v is None else v * 10 + int(tok)
+            return rest + (("VAR", v),) if v < self.n_vars else None
+        if tag == "NUM":
+            s = self._number_char(item[1], tok)
+            return None if s is None else rest + (("NUM", s),)
+        return self._interval(item, rest, tok)
+
+    def _interval(self, item: tuple, rest: tuple, tok: str) -> tuple | None:
+        _, phase, a, b, cap = item
+        if phase == "a":
+            if tok == "," and a is not None:
+                return rest + (("IV", "b", a, None, cap),)
+            if tok in _DIGITS and a != 0:
+                a = int(tok) if a is None else a * 10 + int(tok)
+                return rest + (("IV", "a", a, None, cap),) if _extra_digits(a, 0, cap) is not None else None
+            return None
+        if phase == "inf":
+            return self._spend(rest, a) if tok == "]" else None
+        lo, hi = a + self.offset, cap + self.offset  # printed ends: AST end in [a, cap]
+        if tok == "inf" and b is None:
+            return rest + (("IV", "inf", a, None, cap),)
+        if tok == "]" and b is not None and lo <= b <= hi:
+            return self._spend(rest, b - self.offset)
+        if tok in _DIGITS and b != 0:
+            b = int(tok) if b is None else b * 10 + int(tok)
+            return rest + (("IV", "b", a, b, cap),) if _extra_digits(b, lo, hi) is not None else None
+        return None
+
+    @staticmethod
+    def _number_char(s: str, tok: str) -> str | None:
+        """`s + tok` if it is still a prefix of a canonical threshold (sign, no leading zeros, <= 4 decimals).
+
+        Digits are recorded as '0' or '1' (non-zero): the rules only tell zero from non-zero, and this keeps the
+        number of distinct states small."""
+        if tok == "-":
+            return "-" if s == "" else None
+        if tok == ".":
+            return s + "." if s not in ("", "-") and "." not in s else None
+        if tok not in _DIGITS:
+            return None
+        if "." in s:
+            frac = s.split(".")[1]
+            last = len(frac) + 1 == _MAX_DECIMALS
+            ok = len(frac) < _MAX_DECIMALS and not (last and tok == "0")
+        else:
+            digits = s.lstrip("-")
+            ok = digits != "0" and len(digits) < _MAX_INT_DIGITS
+        return s + ("0" if tok == "0" else "1") if ok else None
+
+
+class GrammarLogitsProcessor(LogitsProcessor):
+    """Masks (-inf) every token that cannot continue a canonical formula that ends, with EOS, by `max_length`.
+
+    Works for greedy, sampling and beam search: each row is matched to its state by its token prefix, so beam
+    reordering needs no bookkeeping. Per step and row: one transition of the automaton and one cache lookup. The
+    cost of each next token (tokens needed to finish if it is chosen) is `need(state) + delta[token]`, where `delta`
+    depends only on the top of the stack down to its first item that must still read a token, so it is cached per
+    such top. `max_length` is the total length generate() may reach, BOS prompt included; the prompt is BOS only.
+    """
+
+    def __init__(self, tokenizer, *, max_length: int, n_vars: int = 3, max_horizon: int | None = None,
+                 dialect: str = "reference"):
+        self.grammar = StlGrammar(n_vars=n_vars, max_horizon=max_horizon, dialect=dialect,
+                                  eos_token=tokenizer.eos_token)
+        self.tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.specials = {tokenizer.bos_token_id, tokenizer.pad_token_id}
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.max_length = max_length
+        if max_length - 1 < self.grammar.need(self.grammar.start):
+            raise ValueError(f"max_length={max_length} leaves no room for a formula (the shortest needs "
+                             f"{self.grammar.need(self.grammar.start)} tokens after BOS)")
+        self._deltas: dict[tuple, tuple[list[float], torch.Tensor]] = {}  # stack top -> delta as list and (V,)
+        self._rows: dict[bytes, tuple] = {}  # each row's token prefix at the previous step -> state, need, delta
+
+    def state(self, ids) -> tuple:
+        """Automaton state after one row of token ids (BOS skipped); `_DONE` after EOS or a non-grammar token."""
+        state = self.grammar.start
+        for i in ids[1:] if len(ids) and int(ids[0]) in self.specials else ids:
+            state = self._advance(state, int(i))
+        return state
+
+    def _advance(self, state: tuple, tok: int) -> tuple:
+        nxt = self.grammar.advance(state, self.tokens[tok]) if tok < len(self.tokens) else None
+        return _DONE if nxt is None else nxt
+
+    def _delta(self, state: tuple) -> tuple[list[float], torch.Tensor]:
+        """(V,) tokens needed to finish after each token minus tokens needed now; inf where not allowed."""
+        top = state if state is _DONE else self.grammar.top(state)
+        if top not in self._deltas:
+            delta = [math.inf] * len(self.tokens)
+            if state is _DONE:
+                delta[self.eos_id] = delta[self.pad_id] = 0
+            else:
+                need = self.grammar.need(state)
+                for t, tok in enumerate(self.tokens):
+                    nxt = self.grammar.advance(state, tok)
+                    if nxt is not None:
+                        delta[t] = 1 + self.grammar.need(nxt) - need
+            self._deltas[top] = delta, torch.tensor(delta)
+        return self._deltas[top]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        ids = input_ids.cpu().numpy()  # (B, T)
+        rows, needs, deltas = {}, [], []
+        for row in ids:
+            parent = self._rows.get(row[:-1].tobytes())
+            if parent is None:
+                state = self.state(row)
+                need = self.grammar.need(state)
+            else:
+                tok = int(row[-1])
+                state, need = self._advance(parent[0], tok), parent[1] + parent[2][tok] - 1
+            delta, delta_t = self._delta(state)
+            rows[row.tobytes()] = state, need, delta
+            needs.append(need)
+            deltas.append(delta_t)
+        self._rows = rows
+        cost = torch.tensor(needs)[:, None] + torch.stack(deltas)  # (B, V_tokenizer) tokens to finish per choice
+        allowed = cost <= self.max_length - ids.shape[1]
+        if scores.shape[-1] > allowed.shape[-1]:  # model vocabulary padded beyond the tokenizer's
+            allowed = torch.nn.functional.pad(allowed, (0, scores.shape[-1] - allowed.shape[-1]), value=False)
+        return scores.masked_fill(~allowed.to(scores.device), -math.inf)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# decoding settings and the batched decoder
+
+STRATEGIES = ("greedy", "beam", "sample", "rerank")
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """Every decoding setting; `canonical()` keeps the ones that change the output for the chosen strategy.
+
+    strategy: greedy | beam (`num_beams`) | sample (`temperature`, `top_p`, `seed`) | rerank (`k` candidates from
+        `pool` = beam or sample, plus the greedy output, re-embedded by the kernel encoder; the closest to the
+        target by `distance` = cosine | l2 wins; a smaller formula within `size_tolerance` of the best distance is
+        preferred, never one farther than the greedy output).
+    constrained: grammar-constrained decoding (valid formulae with variables < `n_vars` and time horizon <=
+        `max_horizon`, None: unbounded). max_new_tokens: None = the model's max_position_embeddings - 1.
+    dialect: the dialect of the returned text (the model always writes the reference dialect).
+    """
+
+    strategy: str = "greedy"
+    num_beams: int = 4
+    k: int = 8
+    pool: str = "beam"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    constrained: bool = False
+    n_vars: int = 3
+    max_horizon: int | None = None
+    max_new_tokens: int | None = None
+    distance: str = "cosine"
+    size_tolerance: float = 0.0
+    batch_size: int = 64
+    dialect: str = "reference"
+
+    def __post_init__(self):
+        choices = {"strategy": STRATEGIES, "pool": ("beam", "sample"), "distance": ("cosine", "l2"),
+                   "dialect": ("reference", "textbook")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {valid}")
+        for name in ("num_beams", "k", "batch_size", "n_vars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1 and self.size_tolerance >= 0):
+            raise ValueError("need temperature > 0, 0 < top_p <= 1 and size_tolerance >= 0")
+
+    @property
+    def samples(self) -> bool:
+        return self.strategy == "sample" or (self.strategy == "rerank" and self.pool == "sample")
+
+    def canonical(self) -> dict:
+        """The settings that decide the output, defaults filled in, the others dropped; sorted by name."""
+        keep = {"strategy", "constrained", "max_new_tokens", "dialect"}
+        keep |= {"n_vars", "max_horizon"} if self.constrained else set()
+        keep |= {"num_beams"} if self.strategy == "beam" else set()
+        keep |= {"k", "pool", "distance", "size_tolerance"} if self.strategy == "rerank" else set()
+        keep |= {"temperature", "top_p", "seed", "batch_size"} if self.samples else set()  # a seed per batch
+        return dict(sorted((k, v) for k, v in asdict(self).items() if k in keep))
+
+
+def check_embeddings(embeddings, embedding_dim: int) -> torch.Tensor:
+    """(N, D) float32 CPU tensor from a tensor / array / list (a single (D,) vector becomes (1, D)), or a clear
+    error: the wrong size names both sizes, non-finite values name the rows."""
+    e = torch.as_tensor(embeddings, dtype=torch.float32).cpu()
+    e = e[None] if e.dim() == 1 else e
+    if e.dim() != 2 or e.shape[1] != embedding_dim:
+        raise ValueError(f"embeddings must have shape (N, {embedding_dim}) for this model (embedding_dim = "
+                         f"{embedding_dim}), got {tuple(e.shape)}: size {e.shape[-1]} != {embedding_dim}")
+    bad = (~torch.isfinite(e).all(1)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"embeddings have NaN or inf values in {len(bad)} rows: {bad[:10]}{' ...' * (len(bad) > 10)}")
+    return e
+
+
+def _generate(model, tokenizer, e: torch.Tensor, cfg: DecodingConfig, processors, *, n: int = 1,
+              beams: int = 1, sample: bool = False) -> list[list[str]]:
+    """n texts per embedding row (reference dialect) from one batched generate()."""
+    bos = torch.full((len(e), 1), tokenizer.bos_token_id, device=model.device)
+    extra = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0) if sample else {}
+    ids = model.generate(input_ids=bos, formula_embedding=e.to(model.device), max_new_tokens=cfg.max_new_tokens,
+                         do_sample=sample, num_beams=beams, num_return_sequences=n, logits_processor=processors,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **extra)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return [texts[i * n : (i + 1) * n] for i in range(len(e))]
+
+
+def _parse(text: str):
+    from .stl import STLParseError, parse
+
+    try:
+        return parse(text)
+    except STLParseError:
+        return None
+
+
+def rerank(candidates: list[list[str]], targets: torch.Tensor, encoder, *, distance: str = "cosine",
+           size_tolerance: float = 0.0) -> list[int]:
+    """Index of the chosen candidate per row: the valid one whose kernel embedding is closest to `targets[i]`.
+
+    candidates[i][0] is the reference (greedy) output: the choice is never farther from the target than it. Among
+    candidates within `size_tolerance` of the best distance (and no farther than the reference) the smallest
+    formula wins. Candidates that do not parse or do not fit the encoder's trajectories are skipped; a row with
+    no usable candidate gets 0. All usable candidates are embedded in one `encoder.encode` call.
+    """
+    formulae = [[_parse(t) for t in row] for row in candidates]
+    usable = {f for row in formulae for f in row
+              if f is not None and f.time_horizon < encoder.n_points and max(f.variables) < encoder.n_vars}
+    unique = list(usable)
+    emb = encoder.encode(unique) if unique else torch.zeros(0, encoder.embedding_dim)  # (U, D)
+    where = {f: i for i, f in enumerate(unique)}
+    choice = []
+    for row, target in zip(formulae, targets):
+        idx = [j for j, f in enumerate(row) if f in where]
+        if not idx:
+            choice.append(0)
+            continue
+        e = emb[[where[row[j]] for j in idx]]  # (c, D)
+        t = target[None].to(e)
+        d = 1 - torch.nn.functional.cosine_similarity(e, t, dim=1) if distance == "cosine" else (e - t).norm(dim=1)
+        d = dict(zip(idx, d.tolist()))
+        limit = min(min(d.values()) + size_tolerance, d.get(0, math.inf))
+        choice.append(min((row[j].size, d[j], j) for j in idx if d[j] <= limit)[2])
+    return choice
+
+
+def _decode_batch(model, tokenizer, e: torch.Tensor, cfg: DecodingConfig, processors, encoder, n: int) -> list:
+    """One batch: a text per row (n = 0) or a list of n texts per row."""
+    if n:
+        beams = 1 if cfg.samples else max(n, cfg.num_beams)
+        return _generate(model, tokenizer, e, cfg, processors, n=n, beams=beams, sample=cfg.samples)
+    if cfg.strategy in ("greedy", "beam", "sample"):
+        beams = cfg.num_beams if cfg.strategy == "beam" else 1
+        return [r[0] for r in _generate(model, tokenizer, e, cfg, processors, beams=beams, sample=cfg.samples)]
+    greedy = _generate(model, tokenizer, e, cfg, processors)
+    pool = _generate(model, tokenizer, e, cfg, processors, n=cfg.k, beams=1 if cfg.samples else cfg.k,
+                     sample=cfg.samples)
+    rows = [g + [t for t in dict.fromkeys(p) if t != g[0]] for g, p in zip(greedy, pool)]
+    chosen = rerank(rows, e, encoder, distance=cfg.distance, size_tolerance=cfg.size_tolerance)
+    return [row[j] for row, j in zip(rows, chosen)]
+
+
+def _in_dialect(text: str, dialect: str) -> str:
+    f = _parse(text) if dialect != "reference" else None
+    return text if f is None else f.to_string(dialect=dialect)
+
+
+def _resume(parts_path: Path, header: dict) -> dict[int, list]:
+    """Finished batches {start row: outputs} of an earlier run with the same header; a torn last line is dropped."""
+    if not parts_path.is_file():
+        parts_path.write_text(json.dumps(header) + "\n")
+        return {}
+    lines = parts_path.read_text().split("\n")
+    if json.loads(lines[0]) != header:
+        raise ValueError(f"{parts_path} holds a run with other settings or inputs; delete it or choose another path")
+    done = {}
+    for line in lines[1:]:
+        try:
+            part = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        done[part["start"]] = part["outputs"]
+    parts_path.write_text("".join(line + "\n" for line in lines[: 1 + len(done)]))  # drop a torn last line
+    return done
+
+
+@torch.no_grad()
+def decode(model, tokenizer, embeddings, *, encoder=None, n: int = 0, parts_path: str | os.PathLike | None = None,
+           progress: bool | None = None, **settings) -> list:
+    """Decode formulae from embeddings (N, D): N strings, or with `n` > 0 an n-best list (N lists of n strings,
+    from beam search with max(n, num_beams) beams, or from sampling when strategy="sample").
+
+    settings: the fields of `DecodingConfig` (strategy, num_beams, k, temperature, top_p, constrained, n_vars, ...).
+    encoder: the kernel encoder, needed by strategy="rerank"; refused if the model was trained with another one.
+    parts_path: a JSONL file each finished batch is appended to; rerunning with the same settings and embeddings
+    skips the batches it holds (an interrupted run resumes). progress: tqdm bar (None: when on a terminal).
+    Bad input fails before any work (see `check_embeddings`).
+    """
+    cfg = DecodingConfig(**settings)
+    cfg = replace(cfg, max_new_tokens=cfg.max_new_tokens or model.config.max_position_embeddings - 1)
+    e = check_embeddings(embeddings, model.config.embedding_dim)
+    if cfg.strategy == "rerank" and encoder is None:
+        raise ValueError("strategy='rerank' re-embeds the candidates: pass the kernel encoder (encoder=...)")
+    if encoder is not None:
+        check_encoder(model, encoder)
+    processors = LogitsProcessorList()
+    if cfg.constrained:
+        processors.append(GrammarLogitsProcessor(tokenizer, max_length=1 + cfg.max_new_tokens, n_vars=cfg.n_vars,
+                                                 max_horizon=cfg.max_horizon))
+    done = {}
+    if parts_path is not None:
+        header = {"settings": cfg.canonical(), "n": n, "rows": len(e),
+                  "embeddings_sha256": hashlib.sha256(e.numpy().tobytes()).hexdigest()}
+        parts_path = Path(parts_path)
+        done = _resume(parts_path, header)
+    model.eval()
+    out = []
+    starts = range(0, len(e), cfg.batch_size)
+    for b, start in enumerate(tqdm(starts, desc="decoding", unit="batch", disable=None if progress is None else
+                                   not progress)):
+        if start not in done:
+            with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+                torch.manual_seed(cfg.seed * 1_000_003 + b)  # a seed per batch: a resumed run samples the same
+                part = _decode_batch(model, tokenizer, e[start : start + cfg.batch_size], cfg, processors, encoder, n)
+            if cfg.dialect != "reference":
+                part = [[_in_dialect(t, cfg.dialect) for t in p] if n else _in_dialect(p, cfg.dialect) for p in part]
+            if parts_path is not None:
+                with open(parts_path, "a") as f:
+                    f.write(json.dumps({"start": start, "outputs": part}) + "\n")
+            done[start] = part
+        out += done[start]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inputs: embedding files, formula files, the encoder a model was trained with
+
+ENCODER_DIR = "encoder"  # a trained model folder keeps its kernel encoder here (stldec.trainers)
+
+
+def model_encoder_config(model_or_dir) -> dict | None:
+    """The saved config (fingerprint included) of the encoder a model was trained with, if its folder has one."""
+    d = model_or_dir if isinstance(model_or_dir, str | os.PathLike) else model_or_dir.config._name_or_path
+    p = Path(d or "") / ENCODER_DIR / "encoder_config.json"
+    return json.loads(p.read_text()) if d and p.is_file() else None
+
+
+def check_encoder(model_or_dir, encoder) -> None:
+    """Refuse an encoder whose fingerprint (anchors, trajectories, sigma2, seed, convention) differs from the one
+    the model was trained with, or whose embedding size differs from the model's."""
+    saved = model_encoder_config(model_or_dir)
+    if saved is not None and saved["fingerprint"] != encoder.fingerprint:
+        raise ValueError(f"the model was trained with encoder {saved['fingerprint']}, not {encoder.fingerprint}: "
+                         "its embeddings mean something else (use the model's encoder/ folder)")
+    dim = getattr(getattr(model_or_dir, "config", None), "embedding_dim", None)
+    if dim is not None and dim != encoder.embedding_dim:
+        raise ValueError(f"the encoder makes {encoder.embedding_dim}-dim embeddings but the model takes {dim}")
+
+
+def load_model_encoder(model_dir: str | os.PathLike):
+    """The kernel encoder saved with a trained model (`<model_dir>/encoder`), or None."""
+    from .stl import StlKernelEncoder
+
+    d = Path(model_dir) / ENCODER_DIR
+    return StlKernelEncoder.from_pretrained(d) if (d / "encoder_config.json").is_file() else None
+
+
+def read_inputs(path: str | os.PathLike, encoder=None) -> tuple[torch.Tensor, list[str] | None]:
+    """(embeddings (N, D), gold formulae or None) from a file: `.safetensors` (the tensor `embeddings`, or the
+    only one), `.npy` (no pickle), or a formula table (.csv/.jsonl/.parquet/dataset folder with a `formula` and
+    optionally an `embedding` column; formulae without embeddings are embedded with `encoder`)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"input {str(p)!r} not found")
+    if p.suffix == ".safetensors":
+        tensors = load_file(str(p))
+        if len(tensors) != 1 and "embeddings" not in tensors:
+            raise ValueError(f"{p} holds tensors {sorted(tensors)}: name the embeddings tensor `embeddings`")
+        return tensors.get("embeddings", next(iter(tensors.values()))), None
+    if p.suffix == ".npy":
+        return torch.from_numpy(np.load(p, allow_pickle=False)), None
+    from .data import load_formulae
+
+    ds = load_formulae(p)
+    if "embedding" not in ds.column_names:
+        if encoder is None:
+            raise ValueError(f"{p} has formulae but no `embedding` column: give an encoder to embed them")
+        return encoder.encode(ds["formula"]), list(ds["formula"])
+    return torch.tensor(ds["embedding"], dtype=torch.float32), list(ds["formula"])
