@@ -25,7 +25,6 @@ def _register_auto_classes() -> None:
     global _registered
     if _registered:
         return
-    _registered = True
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     from .configuration import StlDecConfig
@@ -37,6 +36,7 @@ def _register_auto_classes() -> None:
     AutoModelForCausalLM.register(StlDecConfig, StlDecForCausalLM, exist_ok=True)
     AutoModelForMaskedLM.register(StlDecConfig, StlDecForMaskedLM, exist_ok=True)
     AutoTokenizer.register(StlDecConfig, tokenizer_class=StlTokenizer, exist_ok=True)
+    _registered = True
 
 
 def __getattr__(name: str):
