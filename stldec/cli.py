@@ -2,6 +2,9 @@
 
     stldec generate ...    random formulae to CSV/Parquet/JSONL
     stldec embed ...       add kernel embeddings to a formula file (resumable)
+    stldec data build ...  generate + embed a training set as Parquet shards (resumable)
+    stldec train ...       train from an experiment file (resumes by itself); same flags as examples/train.py
+    stldec mixtures ...    train one model per training mixture, compare them on the same validation/test files
 
 Each sub-command registers itself with `_command` below; `main()` dispatches.
 """
@@ -180,6 +183,69 @@ def embed(args: argparse.Namespace) -> None:
     print(f"wrote {len(df)} embeddings of dimension {encoder.embedding_dim} to {args.out} ({encoder.fingerprint})")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# training: data build, train, mixtures
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", required=True)
+    b = sub.add_parser("build", help="generate and embed formulae into Parquet shards (resumable)")
+    b.add_argument("--preset", default="balanced", help="generator preset (random, balanced, easy, hard)")
+    b.add_argument("--n", type=int, required=True, help="number of formulae")
+    b.add_argument("--encoder", required=True, help="a saved StlKernelEncoder folder")
+    b.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--shard_size", type=int, default=2048, help="formulae per shard")
+    b.add_argument("--device", help="cpu, cuda, ... for the encoder (default: cuda when available)")
+
+
+@_command("data", _data_arguments)
+def data(args: argparse.Namespace) -> None:
+    """Dataset tools: `stldec data build` makes a training set of generated, embedded formulae."""
+    from .data import build_dataset, load_formulae
+    from .stl import StlKernelEncoder
+
+    encoder = StlKernelEncoder.from_pretrained(args.encoder, device=args.device)
+    out = build_dataset(args.out, args.n, encoder, preset=args.preset, seed=args.seed, shard_size=args.shard_size)
+    print(f"{len(load_formulae(out))} formulae in {out} ({encoder.fingerprint})")
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from .trainers.experiment import add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(_overrides=True)
+
+
+@_command("train", _train_arguments)
+def train(args: argparse.Namespace) -> None:
+    """Train from an experiment file; any --TrainingArguments_field VALUE (or --model.X / --data.X) overrides it."""
+    from .trainers import experiment_from_args
+    from .trainers import train as run
+
+    try:
+        experiment, output_dir = experiment_from_args(args, args._extra)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"stldec train: {e}") from None
+    run(experiment, output_dir)
+
+
+def _mixtures_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="mixtures file (base experiment, mixtures, validation, test)")
+    p.add_argument("--output_dir", required=True, help="one run folder per mixture + the comparison files")
+    p.add_argument("--validation", help="validation file shared by all mixtures (overrides the file's)")
+    p.add_argument("--test", nargs="+", help="test file(s) shared by all mixtures (overrides the file's)")
+    p.add_argument("--max_steps", type=int, help="steps per mixture (overrides the file's)")
+
+
+@_command("mixtures", _mixtures_arguments)
+def mixtures(args: argparse.Namespace) -> None:
+    """Train the same model on several training mixtures; compare on shared validation/test files (CSV, MD, PNG)."""
+    from .trainers.mixtures import run_mixtures
+
+    run_mixtures(args.config, args.output_dir, validation=args.validation, test=args.test, max_steps=args.max_steps)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="stldec", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,7 +253,10 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(name, help=(run.__doc__ or "").strip().split("\n")[0])
         add_arguments(p)
         p.set_defaults(_run=run)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_overrides", False):  # only `train` takes free --FIELD VALUE overrides
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args._extra = extra
     args._run(args)
 
 
