@@ -1,9 +1,9 @@
 """The prediction registry: one row per evaluation run, so identical runs are reused and machines merge results.
 
 A run is identified by its *key*: model path, model weights hash, checkpoint step, decoding strategy, the complete
-canonical decoding settings (defaults filled in, keys irrelevant to the strategy dropped, values coerced to the
-default's type, sorted JSON), the metric settings (trajectories, seed, encoder fingerprint) and the test-set hash.
-`run_key(...)` hashes that JSON; the same settings written two ways (order, `1` vs `1.0`, an explicit default, a
+canonical decoding settings (`decoding.DecodingConfig.canonical()`: defaults filled in, keys irrelevant to the
+strategy dropped), the metric settings (trajectories, seed, encoder fingerprint) and the test-set hash. `run_key`
+hashes their sorted JSON; the same settings written two ways (order, `1` vs `1.0`, an explicit default, a
 temperature given to greedy) give one key.
 
 Storage is one SQLite file (standard library, transactional: two evaluations finishing at once cannot corrupt it,
@@ -30,32 +30,24 @@ _COLUMNS = ("key", "model", "model_sha256", "step", "strategy", "settings", "tes
 _SCHEMA = f"CREATE TABLE IF NOT EXISTS runs ({', '.join(_COLUMNS)}, PRIMARY KEY (key))"
 
 
-def canonical_settings(strategy: str, settings: Mapping, defaults: Mapping[str, Mapping]) -> dict:
-    """Complete, canonical decoding settings of `strategy`: sorted, defaults filled in, irrelevant keys dropped.
-
-    defaults: {strategy: {setting: default}} for every strategy. A key that belongs to another strategy is dropped
-    (irrelevant here); a key no strategy knows is an error (a typo must not silently create a new key). Values are
-    coerced to the type of the default (`temperature=1` == `temperature=1.0`); None is kept as None.
-    """
-    if strategy not in defaults:
-        raise ValueError(f"unknown decoding strategy {strategy!r}; expected one of {sorted(defaults)}")
-    known = set().union(*(d.keys() for d in defaults.values()))
-    unknown = set(settings) - known
-    if unknown:
-        raise ValueError(f"unknown decoding setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    out = {}
-    for k, default in sorted(defaults[strategy].items()):
-        v = settings.get(k, default)
-        out[k] = v if v is None or default is None else type(default)(v)
-    return out
-
-
 def run_key(*, model: str, model_sha256: str, step: int | None, strategy: str, settings: Mapping,
             metric_settings: Mapping, test_hash: str) -> str:
-    """sha256 of the sorted JSON of everything that determines a run's outputs and metrics."""
+    """sha256 of the sorted JSON of everything that determines a run's outputs and metrics.
+
+    settings: the canonical decoding settings (`DecodingConfig.canonical()`: defaults filled in, irrelevant keys
+    dropped). Integral floats are written as integers, so `temperature=1` and `temperature=1.0` give one key.
+    """
     blob = dict(model=model, model_sha256=model_sha256, step=step, strategy=strategy, settings=dict(settings),
                 metric_settings=dict(metric_settings), test_hash=test_hash)
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(_normalise(blob), sort_keys=True).encode()).hexdigest()
+
+
+def _normalise(x):
+    if isinstance(x, Mapping):
+        return {str(k): _normalise(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_normalise(v) for v in x]
+    return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
 def test_set_hash(formulae: list[str]) -> str:

@@ -2,16 +2,15 @@
 
 import pytest
 
-from stldec.registry import Registry, canonical_settings, format_conflicts, metrics_differ, run_key
+from stldec.decoding import DecodingConfig
+from stldec.registry import Registry, format_conflicts, metrics_differ, run_key
 
-DEFAULTS = {"greedy": {"max_new_tokens": 256, "constrained": False},
-            "sample": {"max_new_tokens": 256, "constrained": False, "temperature": 1.0, "top_p": 1.0, "seed": 0}}
 METRIC_SETTINGS = {"n_trajectories": 1000, "seed": 0, "encoder": "stlkernel-abc"}
 
 
 def key(strategy, **settings):
     return run_key(model="runs/m", model_sha256="w" * 64, step=100, strategy=strategy,
-                   settings=canonical_settings(strategy, settings, DEFAULTS), metric_settings=METRIC_SETTINGS,
+                   settings=DecodingConfig(strategy=strategy, **settings).canonical(), metric_settings=METRIC_SETTINGS,
                    test_hash="t" * 64)
 
 
@@ -21,19 +20,22 @@ def run(k, metrics, step=100, outputs="outputs/a.parquet"):
 
 
 def test_same_settings_written_two_ways_give_one_key():
-    assert key("greedy") == key("greedy", max_new_tokens=256, constrained=False)  # explicit defaults
-    assert key("greedy") == key("greedy", temperature=0.7, top_p=0.9)  # sampling keys are irrelevant to greedy
+    assert key("greedy") == key("greedy", constrained=False, dialect="reference")  # explicit defaults
+    assert key("greedy") == key("greedy", temperature=0.7, top_p=0.9, num_beams=8)  # irrelevant to greedy
     assert key("sample", temperature=1, top_p=0.9) == key("sample", top_p=0.9, temperature=1.0)  # order, int/float
+    assert key("greedy", n_vars=5) == key("greedy")  # n_vars only matters to constrained decoding
     assert key("sample", temperature=0.7) != key("sample", temperature=0.8)
+    assert key("beam", num_beams=4) != key("beam", num_beams=8)
     assert key("sample") != key("greedy")
     assert key("greedy", constrained=True) != key("greedy")
+    assert key("greedy", constrained=True, n_vars=5) != key("greedy", constrained=True)
 
 
-def test_canonical_settings_refuses_unknown_keys_and_strategies():
-    with pytest.raises(ValueError, match="tempreature"):
-        canonical_settings("sample", {"tempreature": 0.5}, DEFAULTS)
-    with pytest.raises(ValueError, match="beam"):
-        canonical_settings("beam", {}, DEFAULTS)
+def test_unknown_settings_are_refused():
+    with pytest.raises(TypeError, match="tempreature"):
+        key("sample", tempreature=0.5)
+    with pytest.raises(ValueError, match="strategy"):
+        key("nucleus")
 
 
 def test_add_get_and_identical_rerun_is_a_noop(tmp_path):

@@ -1,0 +1,138 @@
+"""Evaluation metrics on hand-made cases: invalid outputs, equivalent texts, skeletons, artefacts, depth breakdown."""
+
+import math
+
+import pytest
+import torch
+
+from stldec.evaluation import (
+    compute_metrics,
+    flatten_metrics,
+    has_duplicated_atom,
+    has_repeated_digits,
+    interval_bounds,
+    sample_trajectories,
+    skeleton,
+    thresholds,
+    try_parse,
+)
+from stldec.stl import parse
+
+GOLD = [
+    "always[0,10] ( x_0 >= 0.5 )",
+    "( x_1 <= -0.25 and eventually[2,8] ( x_2 >= 1.5 ) )",
+    "not ( ( x_0 >= 0.1 until[1,5] x_1 <= 0.3 ) )",
+    "eventually ( ( x_0 >= 0.2 or x_1 <= 0.7 ) )",
+]
+
+
+@pytest.fixture(scope="module")
+def trajectories():
+    return sample_trajectories(300, seed=0)
+
+
+def test_try_parse_and_skeleton():
+    assert try_parse("( x_0 >= 1") is None and try_parse("") is None and try_parse("always ( x_0 >= 1 )")
+    a = parse("( x_0 >= 0.5 until[3,9] eventually[0,inf] ( x_1 <= -2.25 ) )")
+    same = parse("( x_0 >= 1.75 until[0,2] eventually[7,inf] ( x_1 <= 0.1 ) )")
+    assert skeleton(a) == skeleton(same) == "( x_0 >= # until[#,#] eventually[#,inf] ( x_1 <= # ) )"
+    for other in ("( x_0 <= 0.5 until[3,9] eventually[0,inf] ( x_1 <= -2.25 ) )",  # direction
+                  "( x_2 >= 0.5 until[3,9] eventually[0,inf] ( x_1 <= -2.25 ) )",  # variable
+                  "( x_0 >= 0.5 until[3,9] eventually[0,5] ( x_1 <= -2.25 ) )",  # interval kind
+                  "( x_0 >= 0.5 until eventually[0,inf] ( x_1 <= -2.25 ) )",
+                  "( x_0 >= 0.5 until[3,9] always[0,inf] ( x_1 <= -2.25 ) )"):  # operator
+        assert skeleton(parse(other)) != skeleton(a), other
+    assert thresholds(a) == [0.5, -2.25] and interval_bounds(a) == [0, 3, 9]  # tree order, printed (reference) bounds
+
+
+def test_artefact_detectors():
+    assert [has_repeated_digits(c) for c in (0.3332, 1.1111, -0.0005, 0.0, 0.288, 1.2123, 0.01)] == [
+        True, True, True, False, False, False, False]
+    assert has_duplicated_atom(parse("( x_2 >= 0.233 or x_2 >= 0.233 )"))
+    assert has_duplicated_atom(parse("( always ( x_0 <= 1.0 ) and not ( x_0 <= 1 ) )"))
+    assert not has_duplicated_atom(parse("( x_2 >= 0.233 or x_2 <= 0.233 )"))
+
+
+def test_perfect_decoding_with_different_text(trajectories):
+    decoded = [  # the gold formulae with extra parentheses, other spacing and number spellings
+        "always[0,10](x_0>=0.50)",
+        "((x_1 <= -0.250) and (eventually[2,8] (( x_2 >= 1.5 ))))",
+        "not (( x_0 >= 0.1 until[1,5] x_1 <= 0.3 ))",
+        "  eventually ( x_0 >= 0.2 or x_1 <= 0.7 )  ",
+    ]
+    m = compute_metrics(GOLD, decoded, trajectories=trajectories)
+    o = m["overall"]
+    assert o["n"] == 4 and o["validity"] == o["exact_match"] == o["skeleton_match"] == 1.0
+    assert o["threshold_error"] == o["interval_error"] == 0.0
+    for k in ("cos_rho_mean", "cos_rho_q25", "cos_rho_median", "cos_rho_q75", "cos_rho_share_above_0.9",
+              "sign_agreement", "node_ratio", "depth_ratio"):
+        assert o[k] == pytest.approx(1.0), k
+    assert o["embedding_cosine"] is None  # no encoder given
+
+
+def test_textbook_dialect_equivalent_is_semantically_identical(trajectories):
+    gold = "eventually[0,5] ( x_0 >= 0.5 )"
+    textbook = parse(gold).to_string(dialect="textbook")  # 'eventually[0,4] ...': other text, same AST
+    decoded = parse(textbook, dialect="textbook").to_string()  # what a decoder emitting the reference dialect prints
+    r = compute_metrics([gold], [decoded], trajectories=trajectories)["rows"][0]
+    assert r["exact_match"] and r["cos_rho"] == pytest.approx(1.0)
+    shifted = compute_metrics([gold], [textbook], trajectories=trajectories)["rows"][0]  # misread as reference
+    assert shifted["skeleton_match"] and not shifted["exact_match"] and shifted["interval_error"] == 0.5
+
+
+def test_invalid_and_unevaluable_outputs_score_zero(trajectories):
+    decoded = ["always[0,10] ( x_0 >= ", "( x_1 <= -0.25 and x_7 >= 1 )",
+               "always[0,150] ( x_0 >= 0.1 )", "eventually ( ( x_0 >= 0.2 or x_1 <= 0.7 ) )"]
+    m = compute_metrics(GOLD, decoded, trajectories=trajectories)
+    rows, o = m["rows"], m["overall"]
+    assert [r["valid"] for r in rows] == [False, True, True, True]
+    assert [r["cos_rho"] for r in rows[:3]] == [0.0, 0.0, 0.0] and [r["sign_agreement"] for r in rows[:3]] == [0] * 3
+    assert rows[3]["cos_rho"] == pytest.approx(1.0) and rows[3]["exact_match"]
+    assert math.isnan(rows[0]["decoded_nodes"]) and math.isnan(rows[0]["threshold_error"])
+    assert o["validity"] == 0.75 and o["cos_rho_mean"] == pytest.approx(0.25) and o["exact_match"] == 0.25
+    assert o["node_ratio"] == pytest.approx((3 / 4 + 2 / 4 + 1) / 3)  # valid outputs only
+
+
+def test_semantically_equivalent_formulae_have_cos_rho_one(trajectories):
+    gold = ["( x_0 >= 0.5 and eventually[0,5] ( x_1 <= 0.2 ) )", "always[0,10] ( x_0 >= 0.5 )"]
+    decoded = ["( eventually[0,5] ( x_1 <= 0.2 ) and x_0 >= 0.5 )", "not ( not ( always[0,10] ( x_0 >= 0.5 ) ) )"]
+    m = compute_metrics(gold, decoded, trajectories=trajectories)
+    assert m["overall"]["exact_match"] == m["overall"]["skeleton_match"] == 0.0
+    assert m["overall"]["cos_rho_mean"] == pytest.approx(1.0) and m["overall"]["sign_agreement"] == 1.0
+
+
+def test_semantic_metrics_are_sensible(trajectories):
+    gold = ["always[0,10] ( x_0 >= 0.5 )"] * 3
+    decoded = ["always[0,10] ( x_0 >= 0.6 )", "always[0,10] ( x_0 <= 0.5 )", "always[0,10] ( x_0 >= 0.5 )"]
+    rows = compute_metrics(gold, decoded, trajectories=trajectories)["rows"]
+    assert rows[0]["cos_rho"] > 0.9 and rows[0]["threshold_error"] == pytest.approx(0.1)
+    assert rows[1]["cos_rho"] < 0 and rows[1]["sign_agreement"] < 0.5 and not rows[1]["skeleton_match"]
+    assert math.isnan(rows[1]["threshold_error"])
+    assert rows[2]["sign_agreement"] == 1.0
+    rho = [trajectories[:, 0, :10].double().min(1).values - c for c in (0.5, 0.6)]  # always[0,10]: offsets 0..9
+    assert rows[0]["cos_rho"] == pytest.approx(float(torch.nn.functional.cosine_similarity(*rho, dim=0)), abs=1e-5)
+
+
+def test_breakdown_by_depth_and_flattening(trajectories):
+    decoded = ["always[0,10] ( x_0 >= 0.5 )", "bad", "( x_0 >= 0.1 until[1,5] x_1 <= 0.3 )", "bad"]
+    m = compute_metrics(GOLD, decoded, trajectories=trajectories)
+    assert sorted(m["by_depth"]) == sorted({parse(g).depth for g in GOLD})
+    for depth, s in m["by_depth"].items():
+        rows = [r for r in m["rows"] if r["depth"] == depth]
+        assert s["n"] == len(rows) and s["validity"] == sum(r["valid"] for r in rows) / len(rows)
+    assert sum(s["n"] * s["cos_rho_mean"] for s in m["by_depth"].values()) == pytest.approx(
+        4 * m["overall"]["cos_rho_mean"])
+    given = compute_metrics(GOLD, decoded, trajectories=trajectories, depths=[5, 5, 6, 6])["by_depth"]
+    assert sorted(given) == [5, 6] and given[5]["validity"] == 0.5
+    flat = flatten_metrics(m)
+    assert flat["validity"] == 0.5 and all(isinstance(v, float | int) for v in flat.values())
+    assert any(k.startswith("depth2/") for k in flat)
+
+
+def test_gold_must_parse_and_fit(trajectories):
+    with pytest.raises(ValueError, match="horizon|evaluated"):
+        compute_metrics(["always[0,200] ( x_0 >= 0.5 )"], ["x_0 >= 1"], trajectories=trajectories)
+    with pytest.raises(ValueError):
+        compute_metrics(["( x_0 >= 1"], ["x_0 >= 1"], trajectories=trajectories)
+    with pytest.raises(ValueError, match="2 gold"):
+        compute_metrics(GOLD[:2], GOLD[:1], trajectories=trajectories)
