@@ -59,7 +59,8 @@ class StlTokenizer(PreTrainedTokenizer):
                 diff = sorted(set(self.vocab) ^ set(VOCAB))
                 raise ValueError(f"{vocab_file} is not an StlTokenizer vocabulary: tokens {diff} differ")
         self.ids_to_tokens = {i: t for t, i in self.vocab.items()}
-        self._unk_id = self.vocab[str(unk_token)]  # cached: HF's `self.unk_token` lookup is slow per token
+        self._unk_token = str(unk_token)  # cached: HF's `self.unk_token` lookup is slow per token
+        self._unk_id = self.vocab[self._unk_token]
         self._added_key, self._added_re = None, None
         kwargs.setdefault("special_tokens_pattern", "bos_eos")
         kwargs.setdefault("model_max_length", 1024)
@@ -99,8 +100,15 @@ class StlTokenizer(PreTrainedTokenizer):
         added, get, unk = self._added_tokens_encoder, self.vocab.get, self._unk_id  # one dict lookup per token
         return [added[t] if t in added else get(t, unk) for t in tokens]
 
+    def convert_ids_to_tokens(self, ids: int | list[int], skip_special_tokens: bool = False) -> str | list[str]:
+        if isinstance(ids, int):
+            return super().convert_ids_to_tokens(ids, skip_special_tokens)
+        skip = set(self.all_special_ids) if skip_special_tokens else ()
+        added, get, unk = self._added_tokens_decoder, self.ids_to_tokens.get, self._unk_token
+        return [added[i].content if i in added else get(i, unk) for i in map(int, ids) if i not in skip]
+
     def _convert_id_to_token(self, index: int) -> str:
-        return self.ids_to_tokens.get(index, str(self.unk_token))
+        return self.ids_to_tokens.get(index, self._unk_token)
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         """Canonical spacing: `['always', '[', '0', ',', '5', ']', '(', ...]` -> `'always[0,5] ( ...'`."""

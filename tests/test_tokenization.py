@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, PreTrainedTokenizer
 
 import stldec
-from stldec.stl import parse
+from stldec.stl import FormulaGenerator, parse
 from stldec.tokenization import VOCAB_SIZE, StlTokenizer
 
 DOCUMENTED_IDS = {  # the published contract: checkpoints depend on these ids never changing
@@ -96,9 +96,7 @@ def test_round_trip_shared_data_and_generator(tok):
         import pandas as pd
 
         texts += pd.read_csv(path)["formula"].tolist()
-    generator = getattr(stldec.stl, "FormulaGenerator", None)
-    if generator is not None:
-        texts += [f.to_string() for f in generator("balanced", seed=0).sample(600)]
+    texts += [f.to_string() for f in FormulaGenerator("balanced", seed=0).sample(600)]
     assert tok.batch_decode(tok(texts)["input_ids"], skip_special_tokens=True) == texts
 
 
@@ -148,8 +146,11 @@ def test_fast_paths_agree_with_the_generic_hf_paths(s, specials, rng):
     text = rng.choice([" ", ""]).join(words)
     tokens = tok.tokenize(text)
     assert tokens == PreTrainedTokenizer.tokenize(tok, text)
-    assert tok.convert_tokens_to_ids(tokens + ["foo"]) == [tok._convert_token_to_id_with_added_voc(t)
-                                                           for t in tokens + ["foo"]]
+    ids = tok.convert_tokens_to_ids(tokens + ["foo"])
+    assert ids == [tok._convert_token_to_id_with_added_voc(t) for t in tokens + ["foo"]]
+    for skip in (False, True):
+        generic = PreTrainedTokenizer.convert_ids_to_tokens(tok, ids + [99], skip_special_tokens=skip)
+        assert tok.convert_ids_to_tokens(ids + [99], skip_special_tokens=skip) == generic
 
 
 def test_added_tokens_are_recognised():
