@@ -158,6 +158,8 @@ def test_added_tokens_are_recognised():
     tok.add_tokens(["<sep>"], special_tokens=True)
     assert len(tok) == VOCAB_SIZE + 1
     assert tok.tokenize("x_0 <= 1<sep>x_1 >= 2") == ["x_", "0", "<=", "1", "<sep>", "x_", "1", ">=", "2"]
+    assert tok.encode("<sep> x_0 <= 1", add_special_tokens=False) == [VOCAB_SIZE, 19, 20, 17, 21]
+    assert tok.decode([VOCAB_SIZE, 19, 20]) == "<sep> x_0"
     with pytest.raises(ValueError, match="'<' at position 0"):
         tok.tokenize("<sep>", split_special_tokens=True)
 
@@ -190,6 +192,7 @@ def test_without_special_tokens(tok):
 
 
 def test_save_and_load(tmp_path, tok):
+    assert stldec.StlTokenizer is StlTokenizer  # the public name; first access registers the Auto classes
     tok2 = StlTokenizer(padding_side="left", model_max_length=300)
     tok2.save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["tokenizer_config.json", "vocab.json"]
