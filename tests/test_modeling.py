@@ -150,6 +150,11 @@ def test_padding_invariance_forward_and_generate():
         alone = m.generate(ids[i : i + 1, :n], formula_embedding=emb[i : i + 1], max_new_tokens=12, min_new_tokens=12,
                            do_sample=False)
         assert torch.equal(left[i, 7:], alone[0, n:])
+    torch.manual_seed(0)
+    mlm = StlDecForMaskedLM(tiny(is_decoder=False, add_cross_attention=False)).eval()
+    padded = mlm(ids.masked_fill(mask == 0, 0), attention_mask=mask).logits
+    for i, n in enumerate(lengths):  # bidirectional: padding must not leak into real tokens either way
+        torch.testing.assert_close(padded[i : i + 1, :n], mlm(ids[i : i + 1, :n]).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_generate_starts_from_bos_and_expands_embeddings():
