@@ -225,6 +225,8 @@ def test_decoder_initialised_from_gpt_checkpoint(tmp_path):
     assert not info["unexpected_keys"]
     trunk = gpt.state_dict()
     assert all(torch.equal(v, trunk[k]) for k, v in dec.state_dict().items() if k in trunk)
+    fresh = dec.model.memory  # newly initialised like a fresh model: LayerNorm at identity, N(0, 0.02) weights
+    assert torch.equal(fresh.norm.weight, torch.ones(64)) and 0.015 < fresh.proj.weight.std() < 0.025
     assert dec.generate(formula_embedding=batch()[1], max_new_tokens=4).shape[0] == 3
 
 
