@@ -78,8 +78,10 @@ def run_mixtures(config: str | Path, output_dir: str | Path, *, validation: str 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     encoder = make_encoder(base.data.encoder)
-    validation = _shared_file(validation or spec.get("validation"), out, "validation", base.data.n_validation,
-                              encoder, base.data.seed + VALIDATION_SEED_OFFSET)
+    validation = validation or spec.get("validation")
+    if validation is not None or base.data.n_validation > 0:
+        validation = _shared_file(validation, out, "validation", base.data.n_validation, encoder,
+                                  base.data.seed + VALIDATION_SEED_OFFSET)
     tests = test or spec.get("test") or [None]
     tests = [tests] if isinstance(tests, str) else tests
     tests = [_shared_file(t, out, "test", spec.get("n_test", 300), encoder, TEST_SEED) for t in tests]

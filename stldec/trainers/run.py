@@ -162,7 +162,21 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
     args = experiment.training_arguments(**default_arguments(experiment, output_dir))
     head, spec = experiment.model["head"], experiment.data
 
-    # the output folder: unfinished checkpoints go, the resolved experiment and this launch's record are written
+    # data, then the model (whose embedding_dim must match the data's)
+    tokenizer = StlTokenizer()
+    encoder, train_ds, val_ds, test_ds = build_datasets(experiment, tokenizer)
+    dims = {d for d in [encoder.embedding_dim if encoder else None, *map(_embedding_dim, (val_ds, test_ds)),
+                        None if spec.stream else _embedding_dim(train_ds)] if d is not None}
+    if head == "decoder" and len(dims) > 1:
+        raise ValueError(f"embeddings of different sizes {sorted(dims)} in the encoder/train/validation/test data")
+    config = experiment.model_config(embedding_dim=dims.pop() if dims and head == "decoder" else None)
+    max_len = config.max_position_embeddings
+    if not spec.stream:
+        train_ds = D.lazy_tokenize(train_ds, tokenizer, max_len)
+    val_ds, test_ds = (D.lazy_tokenize(ds, tokenizer, max_len) if ds is not None else None for ds in (val_ds, test_ds))
+
+    # only now that everything is checked, the output folder: unfinished checkpoints go, the resolved experiment
+    # and this launch's record are written
     out = Path(output_dir)
     resume = last_complete_checkpoint(out)
     if args.should_save:
@@ -177,19 +191,6 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
             step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
             lines = (out / "metrics.jsonl").read_text().splitlines()
             (out / "metrics.jsonl").write_text("".join(x + "\n" for x in lines if json.loads(x)["step"] <= step))
-
-    # data, then the model (whose embedding_dim must match the data's)
-    tokenizer = StlTokenizer()
-    encoder, train_ds, val_ds, test_ds = build_datasets(experiment, tokenizer)
-    dims = {d for d in [encoder.embedding_dim if encoder else None, *map(_embedding_dim, (val_ds, test_ds)),
-                        None if spec.stream else _embedding_dim(train_ds)] if d is not None}
-    if head == "decoder" and len(dims) > 1:
-        raise ValueError(f"embeddings of different sizes {sorted(dims)} in the encoder/train/validation/test data")
-    config = experiment.model_config(embedding_dim=dims.pop() if dims and head == "decoder" else None)
-    max_len = config.max_position_embeddings
-    if not spec.stream:
-        train_ds = D.lazy_tokenize(train_ds, tokenizer, max_len)
-    val_ds, test_ds = (D.lazy_tokenize(ds, tokenizer, max_len) if ds is not None else None for ds in (val_ds, test_ds))
 
     set_seed(args.seed)
     cls = StlDecForMaskedLM if head == "mlm" else StlDecForCausalLM

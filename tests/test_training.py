@@ -1,0 +1,215 @@
+"""End-to-end training on the CPU with a tiny model and a tiny kernel encoder: loss drops, checkpoints at the step
+interval and each epoch end, SIGKILL + resume == uninterrupted, 2-process accelerate, heads and fine-tuning, re-warmed
+schedules, mixtures, and bad configurations failing before any training."""
+
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from stldec.trainers import Experiment, parse_train_args, train
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+BASE = {
+    "model": {"head": "decoder", "preset": "tiny", "max_position_embeddings": 128},
+    "data": {"preset": "balanced", "generator": {"depth_shares": {2: 1, 3: 1}}, "n_train": 64, "n_validation": 0,
+             "encoder": {"anchors": 8, "n_trajectories": 200, "n_points": 40, "seed": 0}},
+    "training": {"per_device_train_batch_size": 16, "learning_rate": 3e-3, "warmup_steps": 0, "logging_steps": 1,
+                 "save_steps": 5, "save_total_limit": None, "report_to": [], "disable_tqdm": True},
+}
+
+
+def experiment(**sections) -> Experiment:
+    d = copy.deepcopy(BASE)
+    for name, values in sections.items():
+        d[name].update(values)
+    return Experiment.from_dict(d)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CI machine has 2 busy cores: one intra-op thread is several times faster than two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def steps_saved(out: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+
+
+def run_script(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "examples/train.py", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def test_loss_drops_and_the_run_folder_is_complete(tmp_path):
+    e = experiment(data={"n_train": 256, "n_validation": 16, "n_generate": 8},
+                   training={"max_steps": 40, "eval_steps": 20, "save_steps": 20, "report_to": ["tensorboard"]})
+    out = train(e, tmp_path / "run")
+    losses = [m["loss"] for m in metrics(out) if "loss" in m]
+    assert len(losses) == 40 and sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
+    evals = [m for m in metrics(out) if "eval_validity" in m]
+    assert [m["step"] for m in evals] == [20, 40] and all(0 <= m["eval_cos_rho_mean"] <= 1 for m in evals)
+    assert {"config.json", "model.safetensors", "vocab.json", "experiment.yaml", "runs.jsonl"} <= set(os.listdir(out))
+    assert Experiment.load(out / "experiment.yaml") == e
+    record = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
+    assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]["torch"]
+    assert {"git", "hardware", "argv"} <= set(record)
+    assert json.loads((out / "encoder" / "encoder_config.json").read_text())["n_anchors"] == 8
+    assert list(out.glob("runs/*/events.out.tfevents.*"))
+
+    from stldec import StlDecForCausalLM
+    model = StlDecForCausalLM.from_pretrained(out)
+    assert model.config.add_cross_attention and model.config.embedding_dim == 8
+
+
+def test_checkpoints_at_the_step_interval_and_each_epoch_end(tmp_path):
+    out = train(experiment(training={"num_train_epochs": 3, "save_steps": 5, "logging_steps": 50}), tmp_path / "r")
+    steps_per_epoch = 64 // 16
+    expected = {s for s in range(1, 13) if s % 5 == 0 or s % steps_per_epoch == 0}  # {4, 5, 8, 10, 12}
+    assert steps_saved(out) == sorted(expected)
+    assert all((out / f"checkpoint-{s}" / "stldec_complete.json").is_file() for s in expected)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
+    e = experiment(model={"hidden_dropout_prob": 0.1},  # dropout: the RNG state must be restored too
+                   training={"num_train_epochs": 6, "save_steps": 3, "logging_steps": 1})
+    e.save(tmp_path / "e.yaml")
+    args = ["--config", str(tmp_path / "e.yaml")]
+    whole = run_script([*args, "--output_dir", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "examples/train.py", *args, "--output_dir", str(out)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoint-6" / "stldec_complete.json").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = steps_saved(out)
+    assert done and done[-1] < 24, "the run finished before it could be killed"
+    # a checkpoint cut short while being written: newer, no completion marker, a truncated weights file
+    fake = out / f"checkpoint-{done[-1] + 1}"
+    shutil.copytree(out / f"checkpoint-{done[-1]}", fake)
+    (fake / "stldec_complete.json").unlink()
+    (fake / "model.safetensors").write_bytes(b"\0" * 10)
+
+    resumed = run_script([*args, "--output_dir", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "removing unfinished checkpoint" in resumed.stdout
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same ops on the same data: bitwise
+    assert [m["loss"] for m in metrics(out) if "loss" in m] == [m["loss"] for m in metrics(tmp_path / "whole")
+                                                               if "loss" in m]
+
+
+@pytest.mark.slow
+def test_accelerate_two_cpu_processes_train_and_resume_a_stream(tmp_path):
+    e = experiment(data={"stream": True, "stream_chunk_size": 16},
+                   training={"save_steps": 3, "per_device_train_batch_size": 8})
+    e.save(tmp_path / "e.yaml")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(port), "examples/train.py", "--config", str(tmp_path / "e.yaml"), "--output_dir", str(tmp_path / "r")]
+    first = subprocess.run([*launch, "--max_steps", "3"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(tmp_path / "r" / "checkpoint-3"))
+    second = subprocess.run([*launch, "--max_steps", "6"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = [json.loads(x) for x in (tmp_path / "r" / "runs.jsonl").read_text().splitlines()]
+    assert [r["world_size"] for r in runs] == [2, 2] and runs[1]["resume_from"].endswith("checkpoint-3")
+    assert json.loads((tmp_path / "r" / "trainer_state.json").read_text())["global_step"] == 6
+    assert steps_saved(tmp_path / "r") == [3, 6]
+
+
+def test_gpt_and_mlm_pretraining_then_a_decoder_from_the_gpt_trunk(tmp_path):
+    from stldec import StlDecForCausalLM, StlDecForMaskedLM
+
+    gpt = train(experiment(model={"head": "gpt"}, training={"max_steps": 6}), tmp_path / "gpt")
+    mlm = train(experiment(model={"head": "mlm"}, training={"max_steps": 6}), tmp_path / "mlm")
+    assert all(m["loss"] > 0 for m in metrics(mlm) if "loss" in m)
+    assert not StlDecForMaskedLM.from_pretrained(mlm).config.is_decoder
+    dec = train(experiment(model={"head": "decoder", "init_from": str(gpt)}, training={"max_steps": 2,
+                                                                                      "learning_rate": 0.0}),
+                tmp_path / "dec")
+    g, d = StlDecForCausalLM.from_pretrained(gpt), StlDecForCausalLM.from_pretrained(dec)
+    assert d.config.add_cross_attention and not g.config.add_cross_attention
+    shared = {k: v for k, v in g.state_dict().items() if k in d.state_dict()}
+    assert len(shared) > 4 and all(torch.equal(v, d.state_dict()[k]) for k, v in shared.items())
+
+
+def test_rewarm_starts_the_new_schedule_at_the_checkpoint_learning_rate(tmp_path):
+    first = train(experiment(training={"max_steps": 10, "save_steps": 5, "lr_scheduler_type": "linear"}),
+                  tmp_path / "a")
+    ckpt = first / "checkpoint-5"
+    old_lr = torch.load(ckpt / "optimizer.pt", weights_only=True)["param_groups"][0]["lr"]
+    peak = 3e-3
+    out = train(experiment(training={"max_steps": 8, "warmup_steps": 4, "learning_rate": peak,
+                                     "lr_scheduler_type": "linear"}).override({"rewarm_from": str(ckpt)}),
+                tmp_path / "b")
+    lrs = [m["learning_rate"] for m in metrics(out) if "learning_rate" in m]
+    assert old_lr < 0.7 * peak  # logged: the rate each step used, so step 1 runs at the checkpoint's rate
+    assert lrs[0] == pytest.approx(old_lr) and lrs[0] < lrs[1] < lrs[2] < lrs[3] < peak
+    assert lrs[4] == pytest.approx(peak) and lrs[-1] < lrs[4]
+
+
+def test_bad_configs_fail_before_any_training(tmp_path, capsys):
+    d = copy.deepcopy(BASE)
+    d["training"]["learnig_rate"] = 1e-3
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(d))
+    r = run_script(["--config", str(tmp_path / "bad.yaml"), "--output_dir", str(tmp_path / "o")])
+    assert r.returncode == 2 and "did you mean 'learning_rate'" in r.stderr and not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        parse_train_args(["--config", "examples/configs/tiny.yaml", "--no_such", "1"])
+    assert "unknown field 'no_such'" in capsys.readouterr().err
+
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        train(experiment(data={"train": str(tmp_path / "missing.csv")}), tmp_path / "o")
+    with pytest.raises(ValueError, match="embedding_dim is 32 but the data's embeddings have 8"):
+        train(experiment(model={"embedding_dim": 32}), tmp_path / "o")
+    with pytest.raises(ValueError, match="max_steps"):
+        train(experiment(data={"stream": True}), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_mixtures_compare_on_the_same_files(tmp_path):
+    from stldec.trainers.mixtures import run_mixtures
+
+    base = experiment(training={"max_steps": 4})
+    base.save(tmp_path / "base.yaml")
+    spec = {"base": str(tmp_path / "base.yaml"), "n_test": 12,
+            "mixtures": {"shallow": {"generator": {"depth_shares": {2: 1}}},
+                         "deeper": {"generator": {"depth_shares": {3: 1}}}}}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    rows = run_mixtures(tmp_path / "m.yaml", tmp_path / "out")
+    assert [r["mixture"] for r in rows] == ["shallow", "deeper"] and len({r["test"] for r in rows}) == 1
+    for name in ("comparison.csv", "comparison.md", "by_depth.csv", "metric_vs_depth.png", "test.parquet"):
+        assert (tmp_path / "out" / name).is_file()
+    assert "| shallow |" in (tmp_path / "out" / "comparison.md").read_text()
