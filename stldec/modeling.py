@@ -71,26 +71,30 @@ class StlDecAttention(nn.Module):
         self.is_causal = config.is_decoder and not is_cross_attention  # read by the sdpa interface
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
-            nn.Linear(config.hidden_size, config.hidden_size) for _ in range(4))
+        c = config.hidden_size
+        if is_cross_attention:  # queries from tokens, keys and values from memory
+            self.q_proj, self.kv_proj = nn.Linear(c, c), nn.Linear(c, 2 * c)
+        else:
+            self.qkv_proj = nn.Linear(c, 3 * c)
+        self.o_proj = nn.Linear(c, c)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], -1, self.head_dim).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, past_key_values: Cache | None = None,
                 memory: torch.Tensor | None = None, **kwargs):
-        query = self._heads(self.q_proj(hidden_states))
         if self.is_cross_attention:  # past_key_values is an EncoderDecoderCache or None
+            query = self._heads(self.q_proj(hidden_states))
             cache = past_key_values.cross_attention_cache if past_key_values is not None else None
             if cache is not None and past_key_values.is_updated.get(self.layer_idx, False):
                 key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
             else:
-                key, value = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))  # (B, H, M, D)
+                key, value = map(self._heads, self.kv_proj(memory).chunk(2, dim=-1))  # (B, H, M, D)
                 if cache is not None:
                     key, value = cache.update(key, value, self.layer_idx)
                     past_key_values.is_updated[self.layer_idx] = True
         else:
-            key, value = self._heads(self.k_proj(hidden_states)), self._heads(self.v_proj(hidden_states))
+            query, key, value = map(self._heads, self.qkv_proj(hidden_states).chunk(3, dim=-1))  # (B, H, T, D)
             if past_key_values is not None:
                 cache = getattr(past_key_values, "self_attention_cache", past_key_values)
                 key, value = cache.update(key, value, self.layer_idx)

@@ -117,7 +117,7 @@ def test_memory_keys_values_computed_once_per_generate():
     m = decoder()
     calls = []
     m.model.memory.register_forward_hook(lambda *a: calls.append(1))
-    m.model.layers[0].cross_attn.k_proj.register_forward_hook(lambda *a: calls.append(2))
+    m.model.layers[0].cross_attn.kv_proj.register_forward_hook(lambda *a: calls.append(2))
     m.generate(formula_embedding=batch()[1], max_new_tokens=10, min_new_tokens=10, num_beams=2)
     assert calls == [1, 2]
 
