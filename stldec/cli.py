@@ -5,6 +5,10 @@
     stldec data build ...  generate + embed a training set as Parquet shards (resumable)
     stldec train ...       train from an experiment file (resumes by itself); same flags as examples/train.py
     stldec mixtures ...    train one model per training mixture, compare them on the same validation/test files
+    stldec decode ...      decode formulae from embeddings or formulae: greedy/beam/sample/rerank, constrained
+    stldec quickstart ...  encoder + data + a small decoder trained, decoded and scored in minutes, offline
+    stldec evaluate ...    decode a test set, score it, record it in a registry, write a Markdown report
+    stldec registry ...    list a registry of evaluation runs, or merge registries (conflicts reported)
 
 Each sub-command registers itself with `_command` below; `main()` dispatches.
 """
@@ -244,6 +248,171 @@ def mixtures(args: argparse.Namespace) -> None:
     from .trainers.mixtures import run_mixtures
 
     run_mixtures(args.config, args.output_dir, validation=args.validation, test=args.test, max_steps=args.max_steps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# decode and quickstart
+
+
+def _decode_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="trained model folder (config.json + model.safetensors)")
+    p.add_argument("--input", required=True, help="embeddings (.safetensors/.npy) or a formula table "
+                   "(.csv/.jsonl/.parquet with `formula` [and `embedding`]: formulae are embedded, a round trip)")
+    p.add_argument("--output", required=True, help="table of decoded formulae (.csv/.jsonl/.parquet)")
+    p.add_argument("--encoder", help="saved kernel encoder (default: the model's encoder/ folder)")
+    p.add_argument("--strategy", default="greedy", choices=["greedy", "beam", "sample", "rerank"])
+    p.add_argument("--num_beams", type=int, default=4)
+    p.add_argument("--k", type=int, default=8, help="re-ranking candidates")
+    p.add_argument("--pool", default="beam", choices=["beam", "sample"], help="where re-ranking candidates come from")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--constrained", action="store_true", help="grammar-constrained decoding (100%% valid)")
+    p.add_argument("--n_vars", type=int, help="constrained: variables x_0..x_{n-1} (default: the encoder's)")
+    p.add_argument("--max_horizon", type=int, help="constrained: max time horizon (default: encoder n_points - 1)")
+    p.add_argument("--max_new_tokens", type=int)
+    p.add_argument("--distance", default="cosine", choices=["cosine", "l2"])
+    p.add_argument("--size_tolerance", type=float, default=0.0, help="re-ranking: prefer smaller formulae this close")
+    p.add_argument("--nbest", type=int, default=0, help="also write the n best candidates per row (column nbest)")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--dialect", default="reference", choices=["reference", "textbook"])
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+
+
+@_command("decode", _decode_arguments)
+def decode(args: argparse.Namespace) -> None:
+    """Decode formulae from embeddings or formulae (round trip); resumable: rerun the same command to continue."""
+    import pandas as pd
+    import torch
+
+    from .decoding import check_encoder, decode, load_model_encoder, read_inputs
+    from .modeling import StlDecForCausalLM
+    from .stl import StlKernelEncoder
+    from .tokenization import StlTokenizer
+
+    _table_format(args.output)
+    try:
+        model = StlDecForCausalLM.from_pretrained(args.model)
+        tokenizer = StlTokenizer.from_pretrained(args.model) if Path(args.model, "vocab.json").is_file() \
+            else StlTokenizer()
+        encoder = StlKernelEncoder.from_pretrained(args.encoder) if args.encoder else load_model_encoder(args.model)
+        if encoder is not None:
+            check_encoder(model, encoder)
+        embeddings, gold = read_inputs(args.input, encoder)
+        settings = {k: getattr(args, k) for k in ("strategy", "num_beams", "k", "pool", "temperature", "top_p",
+                                                  "seed", "constrained", "max_new_tokens", "distance",
+                                                  "size_tolerance", "batch_size", "dialect")}
+        settings["n_vars"] = args.n_vars or (encoder.n_vars if encoder else 3)
+        settings["max_horizon"] = args.max_horizon if args.max_horizon is not None else (
+            encoder.n_points - 1 if encoder else None)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+        parts = f"{args.output}.parts.jsonl"
+        texts = decode(model, tokenizer, embeddings, encoder=encoder, parts_path=parts, **settings)
+        nbest = decode(model, tokenizer, embeddings, n=args.nbest, parts_path=f"{args.output}.nbest.parts.jsonl",
+                       **settings) if args.nbest else None
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"stldec decode: {e}") from None
+    df = pd.DataFrame({"formula": gold} if gold is not None else {})
+    df["decoded"] = texts
+    if nbest is not None:
+        df["nbest"] = [json.dumps(r) for r in nbest]
+    write_table(df, args.output)
+    for p in (parts, f"{args.output}.nbest.parts.jsonl"):
+        Path(p).unlink(missing_ok=True)
+    print(f"{len(texts)} formulae decoded ({args.strategy}{', constrained' if args.constrained else ''}) "
+          f"-> {args.output}")
+
+
+def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output_dir", default="outputs/quickstart", help="where the encoder, data, model and results go")
+    p.add_argument("--tiny", action="store_true", help="a smaller, faster setting (CI: about a minute)")
+    p.add_argument("--max_steps", type=int, help="training steps (default: 600, --tiny: 60)")
+
+
+@_command("quickstart", _quickstart_arguments)
+def quickstart(args: argparse.Namespace) -> None:
+    """Build an encoder and data, train a small decoder, decode held-out embeddings, print the metrics (offline)."""
+    from .quickstart import run_quickstart
+
+    run_quickstart(args.output_dir, tiny=args.tiny, max_steps=args.max_steps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate and the prediction registry
+
+_DECODING_FLAGS = {"num_beams": int, "k": int, "pool": str, "temperature": float, "top_p": float, "seed": int,
+                   "n_vars": int, "max_horizon": int, "max_new_tokens": int, "distance": str,
+                   "size_tolerance": float, "batch_size": int}
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="trained model or checkpoint folder")
+    p.add_argument("--test", required=True, help="test table (.csv/.jsonl/.parquet: formula[,depth][,embedding])")
+    p.add_argument("--strategy", default="greedy", choices=["greedy", "beam", "sample", "rerank"])
+    p.add_argument("--constrained", action="store_true", help="grammar-constrained decoding")
+    for name, kind in _DECODING_FLAGS.items():
+        p.add_argument(f"--{name}", type=kind, help="decoding setting (default: DecodingConfig's; see stldec decode)")
+    p.add_argument("--encoder", help="saved kernel encoder (default: the model's encoder/ folder; must match it)")
+    p.add_argument("--registry", help="SQLite registry file: runs are recorded there and identical ones reused")
+    p.add_argument("--report", help="folder for report.md and its PNG plots")
+    p.add_argument("--limit", type=int, help="only the first N test rows")
+    p.add_argument("--n_trajectories", type=int, default=1000, help="trajectories for cos_rho and sign agreement")
+    p.add_argument("--metric_seed", type=int, default=0, help="seed of those trajectories")
+    p.add_argument("--no_embedding_metrics", action="store_true", help="skip re-embedding the decoded formulae")
+    p.add_argument("--force", action="store_true", help="recompute even if the registry holds this run")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+
+
+@_command("evaluate", _evaluate_arguments)
+def evaluate(args: argparse.Namespace) -> None:
+    """Decode a test set with a model, score it (validity, cos_rho, ...), record it in a registry, write a report."""
+    from .evaluation import run_evaluation
+    from .registry import format_conflicts
+
+    settings = {k: getattr(args, k) for k in _DECODING_FLAGS}
+    try:
+        result = run_evaluation(args.model, args.test, encoder=args.encoder, registry=args.registry,
+                                report=args.report, limit=args.limit, n_trajectories=args.n_trajectories,
+                                metric_seed=args.metric_seed, force=args.force, device=args.device,
+                                embedding_metrics=not args.no_embedding_metrics, strategy=args.strategy,
+                                constrained=args.constrained, **settings)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"stldec evaluate: {e}") from None
+    o = result["overall"]
+    keys = ("n", "validity", "exact_match", "skeleton_match", "cos_rho_mean", "cos_rho_median",
+            "cos_rho_share_above_0.9", "sign_agreement", "node_ratio", "depth_ratio")
+    print(("reused from the registry: " if result["reused"] else "") + json.dumps({k: o[k] for k in keys}))
+    if args.report:
+        print(f"report: {Path(args.report) / 'report.md'}")
+    if result["conflict"]:
+        print(format_conflicts([result["conflict"]]), file=sys.stderr)
+
+
+def _registry_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("registry", help="SQLite registry file")
+    p.add_argument("--merge", nargs="+", metavar="OTHER", help="add the runs of other registries (never overwrites)")
+
+
+@_command("registry", _registry_arguments)
+def registry(args: argparse.Namespace) -> None:
+    """List the evaluation runs of a registry, or merge registries from other machines into it (conflicts reported)."""
+    from .registry import Registry, format_conflicts
+
+    reg = Registry(args.registry)
+    conflicts = []
+    for other in args.merge or ():
+        added, found = reg.merge(other)
+        conflicts += found
+        print(f"{other}: {added} runs added, {len(found)} conflicts")
+    if not args.merge:
+        for r in reg.runs():
+            o = r["metrics"]["overall"]
+            print(f"{r['key'][:12]}  {r['model']}  step={r['step']}  {r['strategy']}  n={r['n']}  "
+                  f"validity={o['validity']:.3f}  cos_rho_mean={o['cos_rho_mean']:.3f}  {r['created']}")
+    if conflicts:
+        print(format_conflicts(conflicts), file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
