@@ -42,6 +42,10 @@ def _log2(n: int) -> int:
     return max(n, 1).bit_length() - 1
 
 
+def _clog2(n: int) -> int:
+    return (max(n, 1) - 1).bit_length()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # lowering: Formula -> hash-consed IR. A node is (op, children, params); dh is the reference "domain horizon"
 
@@ -108,11 +112,20 @@ class _IR:
 @dataclass
 class _Group:
     op: str
+    suffix: bool  # windowed op whose window always reaches the end of the trace: one table lookup per sample
+    shifted: bool  # until with a > 0: a min with G[0,a-1] phi and a shift by a after the window
+    T: int
     start: int  # first arena node of the group's output (outputs are contiguous)
     rows: int
     idx: dict[str, torch.Tensor]  # precomputed slot indices
     levels: list[int]  # rows that need doubling level j+1 (a prefix: rows are sorted by need)
     extra: dict  # atom thresholds/signs
+
+    @property
+    def scratch(self) -> int:
+        """Workspace slots (rows of N values) the group needs beyond the arena."""
+        n, K = self.rows * self.T, len(self.levels) + 1
+        return {"F": 2 + K * n + 2 * n, "G": 2 + K * n + 2 * n, "U": 2 + (2 * K + 1) * n + 4 * n}.get(self.op, 2 * n)
 
 
 class RobustnessPlan:
@@ -128,42 +141,51 @@ class RobustnessPlan:
         height = []
         for _, ch, _ in ir.nodes:
             height.append(1 + max((height[c] for c in ch), default=-1))
-        groups: dict[tuple[int, str], list[int]] = {}
-        for i, (op, _, _) in enumerate(ir.nodes):
-            groups.setdefault((height[i], op), []).append(i)
+        groups: dict[tuple[int, str, bool, bool], list[int]] = {}
+        for i, node in enumerate(ir.nodes):
+            groups.setdefault((height[i], *self._kind(node)), []).append(i)
         self.n_nodes = len(ir.nodes)
         pos = [0] * self.n_nodes
-        order: list[tuple[str, list[int]]] = []
-        for h, op in sorted(groups, key=lambda k: (k[0], k[1])):
-            members = groups[h, op]
-            if op in ("F", "G", "U"):
-                members = sorted(members, key=lambda i: -self._need(ir.nodes[i]))
-            order.append((op, members))
+        order = []
+        for key in sorted(groups):
+            members = groups[key]
+            if key[1] in ("F", "G", "U"):  # rows by needed table level, descending
+                members = sorted(members, key=lambda i: -self._rows(ir.nodes[i])[-1])
+            order.append((key[1:], members))
         n = 0
         for _, members in order:
             for i in members:
                 pos[i], n = n, n + 1
         slot = [2 + p * T for p in pos]  # arena slot of (node, t=0)
-        self.groups = [self._group(op, members, ir, pos, slot) for op, members in order]
-        self.max_table = max((g.rows * (len(g.levels) + 1) * (2 if g.op == "U" else 1) + g.rows for g in self.groups
-                              if g.op in ("F", "G", "U")), default=0) * T
+        self.groups = [self._group(*kind, members, ir, pos, slot) for kind, members in order]
+        self.scratch = max((g.scratch for g in self.groups), default=0)
+        self._buffer: torch.Tensor | None = None  # reused across calls: a plan is not thread-safe
         self.roots = torch.tensor([pos[r] for r in roots], device=self.device)
         self.root_slots = torch.tensor([slot[r] for r in roots], device=self.device)
         self.root_len = torch.tensor([T - ir.dh[r] for r in roots], device=self.device)
 
-    def _need(self, node: tuple) -> int:
-        """Highest doubling level a windowed node needs."""
-        op, _, (a, b) = node
-        a, w = self._window(a, b)
-        return max(_log2(w), _log2(a)) if op == "U" else _log2(w)
+    def _kind(self, node: tuple) -> tuple[str, bool, bool]:
+        """(op, suffix, shifted): nodes of one height and kind form one group."""
+        op = node[0]
+        if op not in ("F", "G", "U"):
+            return op, False, False
+        a, w, *_ = self._rows(node)
+        return op, a + w >= self.T, op == "U" and a > 0
 
-    def _window(self, a: int, b: int | None) -> tuple[int, int]:
-        """Window start and width clipped to the trace (an empty window keeps width 1 and reads only fill slots)."""
+    def _rows(self, node: tuple) -> tuple[int, int, int, int, int]:
+        """(a, w, k, i, need): window start and width clipped to the trace (an empty window keeps width 1 and reads
+        fill slots only), the table level k of the window lookup (ceil for suffix windows, else floor), the level i
+        of the until's G[0,a-1] phi lookup, and the highest level the node needs."""
+        op, _, (a, b) = node
         a = min(a, self.T)
         b = self.T - 1 if b is None else min(b, self.T - 1)
-        return a, max(b - a + 1, 1)
+        w = max(b - a + 1, 1)
+        k = _clog2(w) if a + w >= self.T else _log2(w)
+        i = _log2(a) if op == "U" else 0
+        return a, w, k, i, max(k, i)
 
-    def _group(self, op: str, members: list[int], ir: _IR, pos: list[int], slot: list[int]) -> _Group:
+    def _group(self, op: str, suffix: bool, shifted: bool, members: list[int], ir: _IR, pos: list[int],
+               slot: list[int]) -> _Group:
         T, dev, rows = self.T, self.device, len(members)
         t = torch.arange(T)
         idx, levels, extra = {}, [], {}
@@ -177,70 +199,79 @@ class RobustnessPlan:
             for k in range(len(nodes[0][1])):
                 idx[f"c{k}"] = torch.tensor([pos[ch[k]] for _, ch, _ in nodes])
         else:
-            a_w = [self._window(*p) for _, _, p in nodes]
-            need = [self._need(nd) for nd in nodes]
-            levels = [sum(n > j for n in need) for j in range(max(need))]
+            a, w, k, i, need = (torch.tensor(c).view(-1, 1) for c in zip(*(self._rows(nd) for nd in nodes)))
+            levels = [int((need > j).sum()) for j in range(int(need.max()))]
             end = torch.tensor([T - max(ir.dh[c] for c in ch) for _, ch, _ in nodes]).view(-1, 1)  # domain of the input
-            a = torch.tensor([x for x, _ in a_w]).view(-1, 1)
-            w = torch.tensor([x for _, x in a_w]).view(-1, 1)
             g = torch.arange(rows).view(-1, 1)
             K = len(levels) + 1  # table levels 0..K-1
+            p2 = lambda e: torch.ones_like(e) << e  # noqa: E731
 
             def fetch(child: int, shift, fill: int):  # (rows*T,) arena slots of child[t+shift], fill past its end
                 s = t + shift
                 base = torch.tensor([slot[ch[child]] for _, ch, _ in nodes]).view(-1, 1)
                 return torch.where(s < end, base + s, fill).flatten()
 
-            if op in ("F", "G"):
+            if op in ("F", "G"):  # table (K, rows, T): extremum over [t, t+2^lev) of the shifted child
                 idx["fetch"] = fetch(0, a, NEG if op == "F" else POS)
-                k = torch.tensor([_log2(x) for _, x in a_w]).view(-1, 1)
                 tab = lambda lev, s: 2 + (lev * rows + g) * T + torch.clamp(s, max=T - 1)  # noqa: E731
-                idx["final"] = torch.cat([tab(k, t), tab(k, t + w - (1 << k))]).flatten()
+                idx["final"] = (tab(k, t) if suffix else torch.cat([tab(k, t), tab(k, t + w - p2(k))])).flatten()
             else:  # until: table (K, 2, rows, T) of compositions (A, B), then V(u) for the window, then shift by a
                 idx["phi"], idx["psi"] = fetch(0, 0, POS), fetch(1, 0, NEG)
                 tab = lambda lev, ab, s: 2 + ((lev * 2 + ab) * rows + g) * T + torch.clamp(s, max=T - 1)  # noqa: E731
-                k = torch.tensor([_log2(x) for _, x in a_w]).view(-1, 1)
-                L = w - (1 << k)
-                j = torch.tensor([_log2(x) for x in L.flatten().tolist()]).view(-1, 1)
-                has_l = L > 0
-                t1 = tab(k, 0, t)
-                t2 = torch.where(has_l, tab(j, 1, t), tab(0, 1, t))
-                t3 = torch.where(has_l, tab(j, 1, t + L - (1 << j)), tab(0, 1, t))
-                t4 = torch.where(has_l, tab(k, 0, t + L), t1)
-                idx["v"] = torch.cat([t1, t2, t3, t4]).flatten()
-                i = torch.tensor([_log2(x) for x in a.flatten().tolist()]).view(-1, 1)
-                m1a = torch.where(a > 0, tab(i, 1, t), POS)
-                m1b = torch.where(a > 0, tab(i, 1, t + a - (1 << i)), POS)
-                v_at = torch.where(t + a < T, 2 + K * 2 * rows * T + g * T + torch.clamp(t + a, max=T - 1), NEG)
-                idx["final"] = torch.cat([m1a, m1b, v_at]).flatten()
+                if suffix:
+                    idx["v"] = tab(k, 0, t).flatten()
+                else:
+                    L = w - p2(k)
+                    j = torch.tensor([_log2(x) for x in L.flatten().tolist()]).view(-1, 1)
+                    has_l = L > 0
+                    t1 = tab(k, 0, t)
+                    t2 = torch.where(has_l, tab(j, 1, t), tab(0, 1, t))
+                    t3 = torch.where(has_l, tab(j, 1, t + L - p2(j)), tab(0, 1, t))
+                    t4 = torch.where(has_l, tab(k, 0, t + L), t1)
+                    idx["v"] = torch.cat([t1, t2, t3, t4]).flatten()
+                if shifted:
+                    v_at = torch.where(t + a < T, 2 + K * 2 * rows * T + g * T + torch.clamp(t + a, max=T - 1), NEG)
+                    idx["final"] = torch.cat([tab(i, 1, t), tab(i, 1, t + a - p2(i)), v_at]).flatten()
         idx = {name: v.to(dev) for name, v in idx.items()}
         extra = {name: v.to(dev) for name, v in extra.items()}
-        return _Group(op, pos[members[0]], rows, idx, levels, extra)
+        return _Group(op, suffix, shifted, T, pos[members[0]], rows, idx, levels, extra)
 
     def bytes_per_trajectory(self, itemsize: int = 4) -> int:
-        return (2 + self.n_nodes * self.T + self.max_table + 2) * itemsize
+        """Workspace bytes per trajectory of a chunk: the arena plus the largest group's scratch."""
+        return (2 + self.n_nodes * self.T + self.scratch) * itemsize
+
+    def _workspace(self, N: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(arena, scratch) views of one buffer kept between calls (fresh large allocations cost page faults)."""
+        size = (2 + self.n_nodes * self.T + self.scratch) * N
+        b = self._buffer
+        if b is None or b.numel() < size or b.dtype != like.dtype or b.device != like.device:
+            b = self._buffer = like.new_empty(size)
+        arena = b[: (2 + self.n_nodes * self.T) * N].view(-1, N)
+        return arena, b[arena.numel() : size].view(-1, N)
 
     def __call__(self, x: torch.Tensor, at: str = "start") -> torch.Tensor:
         """x (N, n_vars, T) -> (B, N) at t=0, or (B, N, T) with at="all"."""
         T, N = self.T, x.shape[0]
         xt = x.permute(1, 2, 0).contiguous()  # (n_vars, T, N)
-        arena = x.new_empty(2 + self.n_nodes * T, N)
+        arena, ws = self._workspace(N, x)
         arena[:2] = torch.tensor([[float("inf")], [float("-inf")]], dtype=x.dtype, device=x.device)
         nodes = arena[2:].view(self.n_nodes, T, N)
         for g in self.groups:
             out = nodes[g.start : g.start + g.rows]  # (rows, T, N)
+            tmp = ws[: g.rows * T * 2].view(2, g.rows, T, N)
             if g.op == "atom":
                 sgn, bias = g.extra["sgn"].to(x.dtype), g.extra["bias"].to(x.dtype)
-                torch.addcmul(bias, xt.index_select(0, g.idx["var"]), sgn, out=out)
+                torch.addcmul(bias, torch.index_select(xt, 0, g.idx["var"], out=tmp[0]), sgn, out=out)
             elif g.op == "not":
-                torch.neg(nodes.index_select(0, g.idx["c0"]), out=out)
+                torch.neg(torch.index_select(nodes, 0, g.idx["c0"], out=tmp[0]), out=out)
             elif g.op in ("and", "or"):
                 op = torch.minimum if g.op == "and" else torch.maximum
-                op(nodes.index_select(0, g.idx["c0"]), nodes.index_select(0, g.idx["c1"]), out=out)
+                torch.index_select(nodes, 0, g.idx["c0"], out=tmp[0])
+                op(tmp[0], torch.index_select(nodes, 0, g.idx["c1"], out=tmp[1]), out=out)
             elif g.op in ("F", "G"):
-                self._window_group(g, arena, out)
+                self._window_group(g, arena, ws, out)
             else:
-                self._until_group(g, arena, out)
+                self._until_group(g, arena, ws, out)
         if at == "start":
             return arena.index_select(0, self.root_slots)  # (B, N)
         res = nodes.index_select(0, self.roots).permute(0, 2, 1)  # (B, N, T)
@@ -248,24 +279,26 @@ class RobustnessPlan:
             res = res.masked_fill(torch.arange(T, device=x.device) >= self.root_len.view(-1, 1, 1), float("nan"))
         return res
 
-    def _window_group(self, g: _Group, arena: torch.Tensor, out: torch.Tensor) -> None:
-        T, N, rows = self.T, arena.shape[1], g.rows
+    def _window_group(self, g: _Group, arena: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
+        T, N, rows, K = self.T, arena.shape[1], g.rows, len(g.levels) + 1
         op = torch.maximum if g.op == "F" else torch.minimum
-        ws = arena.new_empty(2 + (len(g.levels) + 1) * rows * T, N)
         ws[:2] = arena[:2]
-        tab = ws[2:].view(-1, rows, T, N)
+        tab = ws[2 : 2 + K * rows * T].view(K, rows, T, N)
         torch.index_select(arena, 0, g.idx["fetch"], out=tab[0].view(-1, N))
         for lev, n in enumerate(g.levels):
             d, src, dst = 1 << lev, tab[lev, :n], tab[lev + 1, :n]
             if d < T:
                 op(src[:, : T - d], src[:, d:], out=dst[:, : T - d])
             dst[:, max(T - d, 0) :] = src[:, max(T - d, 0) :]
-        both = ws.index_select(0, g.idx["final"]).view(2, rows, T, N)
+        if g.suffix:
+            torch.index_select(ws[: 2 + K * rows * T], 0, g.idx["final"], out=out.view(-1, N))
+            return
+        both = ws[2 + K * rows * T : 2 + (K + 2) * rows * T]
+        both = torch.index_select(ws[: 2 + K * rows * T], 0, g.idx["final"], out=both).view(2, rows, T, N)
         op(both[0], both[1], out=out)
 
-    def _until_group(self, g: _Group, arena: torch.Tensor, out: torch.Tensor) -> None:
+    def _until_group(self, g: _Group, arena: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
         T, N, rows, K = self.T, arena.shape[1], g.rows, len(g.levels) + 1
-        ws = arena.new_empty(2 + (2 * K + 1) * rows * T, N)
         ws[:2] = arena[:2]
         tab = ws[2 : 2 + 2 * K * rows * T].view(K, 2, rows, T, N)  # (A, B) of the composition over [t, t+2^lev)
         torch.index_select(arena, 0, g.idx["phi"], out=tab[0, 1].view(-1, N))
@@ -279,11 +312,18 @@ class RobustnessPlan:
                 torch.maximum(A[:, : T - d], torch.minimum(B[:, : T - d], A[:, d:]), out=dst[0, :, : T - d])
                 torch.minimum(B[:, : T - d], B[:, d:], out=dst[1, :, : T - d])
             dst[:, :, max(T - d, 0) :] = src[:, :, max(T - d, 0) :]
-        t = ws.index_select(0, g.idx["v"]).view(4, rows, T, N)
-        v = ws[2 + 2 * K * rows * T :].view(rows, T, N)  # V(u): the until over [u, u+w) of each row
-        torch.maximum(t[0], torch.minimum(torch.minimum(t[1], t[2]), t[3]), out=v)
-        f = ws.index_select(0, g.idx["final"]).view(3, rows, T, N)
-        torch.minimum(torch.minimum(f[0], f[1]), f[2], out=out)
+        src = ws[: 2 + (2 * K + 1) * rows * T]  # fills, table and V
+        v = src[2 + 2 * K * rows * T :].view(rows, T, N) if g.shifted else out  # V(u): the until over [u, u+w)
+        if g.suffix:
+            torch.index_select(src[: 2 + 2 * K * rows * T], 0, g.idx["v"], out=v.view(-1, N))
+        else:
+            tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 5) * rows * T]
+            t = torch.index_select(src, 0, g.idx["v"], out=tmp).view(4, rows, T, N)
+            torch.maximum(t[0], torch.minimum(torch.minimum(t[1], t[2]), t[3]), out=v)
+        if g.shifted:
+            tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 4) * rows * T]
+            f = torch.index_select(src, 0, g.idx["final"], out=tmp).view(3, rows, T, N)
+            torch.minimum(torch.minimum(f[0], f[1]), f[2], out=out)
 
 
 @functools.lru_cache(maxsize=8)
