@@ -87,8 +87,9 @@ def test_anchors_from_file_list_formulae_and_dialect(enc, tmp_path):
     assert StlKernelEncoder(textbook, dialect="textbook", **SMALL).fingerprint == enc.fingerprint
 
 
+@pytest.mark.slow  # compiles the 1024 default anchors
 def test_default_anchor_set():
-    default = StlKernelEncoder(n_trajectories=64)
+    default = StlKernelEncoder(n_trajectories=16)
     assert default.embedding_dim == 1024 and len(set(default.anchors)) == 1024
     assert max(a.time_horizon for a in default.anchors) < 100 and max(max(a.variables) for a in default.anchors) < 3
     assert default.encode(PHIS[:1]).shape == (1, 1024)

@@ -31,12 +31,21 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .formula import Formula, as_formulae
+from .generator import FormulaGenerator
 from .measure import BaseMeasure
 from .semantics import robustness
 
 CONVENTIONS = ("reference", "textbook")
 CONFIG_NAME, ANCHORS_NAME, CACHE_NAME = "encoder_config.json", "anchors.txt", "anchor_robustness.safetensors"
-DEFAULT_ANCHORS = "anchors_default.txt"
+DEFAULT_ANCHORS = "anchors_default.txt"  # make_anchors(1024, seed=0), written by benchmarks/make_default_anchors.py
+# the published anchors' generator (research §4.2): free branching, leaf probability 0.4, bounds up to R = 20; the
+# depth cap of 12 matches their depth/size law (mean depth 5.1 vs 5.2 here) without the reference's rare giants
+ANCHOR_GENERATOR = dict(preset="random", leaf_prob=0.4, time_bound_max_range=20, max_depth=12, unique=True)
+
+
+def make_anchors(n: int = 1024, *, n_vars: int = 3, n_points: int = 100, seed: int = 0) -> list[Formula]:
+    """n distinct random anchor formulae drawn like the published set (`ANCHOR_GENERATOR`), horizon < n_points."""
+    return FormulaGenerator(**ANCHOR_GENERATOR, seed=seed, n_vars=n_vars, n_points=n_points).sample(n)
 
 
 def read_formula_file(path: str | os.PathLike, dialect: str = "reference") -> list[Formula]:
