@@ -53,7 +53,7 @@ def main() -> None:
     with open(args.path, newline="") as f:
         rows = list(csv.DictReader(f))
     formulae = [r["formula"] for r in rows]
-    depths = [int(r["depth"]) if r.get("depth") else 0 for r in rows]
+    depths = [int(r["depth"]) if r.get("depth") else "-" for r in rows]  # "-": the file has no depth column
     tok = StlTokenizer()
 
     ours = [len(ids) for ids in tok(formulae)["input_ids"]]
