@@ -29,9 +29,14 @@ formulae (chunked to bound memory), never formula by formula.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import platform
 import re
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -243,3 +248,116 @@ def trainer_compute_metrics(tokenizer, **kwargs) -> Callable:
         return flatten_metrics(compute_metrics(gold, decoded, **kwargs), by_depth=False)
 
     return compute
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a whole evaluation run: decode a test file with a saved model, score it, record it in the registry, report
+
+
+def checkpoint_step(model_dir: str | os.PathLike) -> int | None:
+    """Training step of a model folder: N for `checkpoint-N`, else `global_step` of its trainer_state.json."""
+    d = Path(model_dir)
+    m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+    if m:
+        return int(m.group(1))
+    state = d / "trainer_state.json"
+    return json.loads(state.read_text()).get("global_step") if state.is_file() else None
+
+
+def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *, encoder=None,
+                   registry: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
+                   limit: int | None = None, n_trajectories: int = 1000, metric_seed: int = 0, force: bool = False,
+                   embedding_metrics: bool = True, device: str | None = None, progress: bool | None = None,
+                   **settings) -> dict:
+    """Decode `test_path` (formula[,depth][,embedding]) with the model in `model_dir`, score it, record and report it.
+
+    encoder: an StlKernelEncoder or a saved encoder folder; default: the one saved with the model (`<model>/encoder`);
+    one whose fingerprint differs from the model's is refused. settings: `decoding.DecodingConfig` fields.
+    n_trajectories, metric_seed: the base-measure trajectories of cos_rho and sign agreement.
+    registry: SQLite file; a run with the same key (model, weights, step, canonical settings, metric settings, test
+    set) is reused instead of recomputed unless `force`. report: folder for report.md + plots (+ predictions.csv when
+    there is no registry). Returns compute_metrics' dict plus `run` (the registry row), `reused` and `conflict`.
+    """
+    from .data import load_formulae
+    from .decoding import DecodingConfig, check_encoder, decode, load_model_encoder
+    from .modeling import StlDecConfig, StlDecForCausalLM
+    from .registry import Registry, file_sha256, run_key, test_set_hash
+    from .report import published_reference, write_report
+    from .stl import StlKernelEncoder
+    from .tokenization import StlTokenizer
+
+    model_dir = Path(model_dir)
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{model_dir} holds no model.safetensors: not a saved model or checkpoint folder")
+    if isinstance(encoder, str | os.PathLike):
+        encoder = StlKernelEncoder.from_pretrained(encoder, device=device)
+    encoder = encoder or load_model_encoder(model_dir)
+    if encoder is None:
+        raise ValueError(f"{model_dir} has no saved encoder/ folder: pass the kernel encoder it was trained with")
+    check_encoder(str(model_dir), encoder)
+    settings = {k: v for k, v in settings.items() if v is not None}  # None: the default (CLI flags not given)
+    settings.setdefault("n_vars", encoder.n_vars)  # constrained decoding stays inside the encoder's trajectories
+    settings.setdefault("max_horizon", encoder.n_points - 1)
+    settings.setdefault("max_new_tokens", StlDecConfig.from_pretrained(model_dir).max_position_embeddings - 1)
+    cfg = DecodingConfig(**settings)
+    canonical = cfg.canonical()
+
+    ds = load_formulae(test_path)
+    ds = ds.select(range(min(limit, len(ds)))) if limit is not None else ds
+    gold, depths = list(ds["formula"]), list(ds["depth"])
+    run = dict(model=str(model_dir.resolve()), model_sha256=file_sha256(weights), step=checkpoint_step(model_dir),
+               strategy=cfg.strategy, settings=canonical, test_hash=test_set_hash(gold),
+               metric_settings=dict(n_trajectories=n_trajectories, seed=metric_seed, n_vars=encoder.n_vars,
+                                    n_points=encoder.n_points, encoder=encoder.fingerprint,
+                                    embedding_metrics=embedding_metrics))
+    run["key"] = run_key(**run)
+    reg = Registry(registry) if registry is not None else None
+    old = reg.get(run["key"]) if reg is not None and not force else None
+    if old is not None and reg.outputs_path(old).is_file():
+        import pandas as pd
+
+        rows = pd.read_parquet(reg.outputs_path(old)).to_dict(orient="records")
+        result = {"overall": old["metrics"]["overall"], "by_depth": old["metrics"]["by_depth"], "rows": rows,
+                  "run": old, "reused": True, "conflict": None}
+    else:
+        model = StlDecForCausalLM.from_pretrained(model_dir).to(device or encoder.device)
+        tokenizer = StlTokenizer.from_pretrained(model_dir) if (model_dir / "vocab.json").is_file() else StlTokenizer()
+        embeddings = (torch.tensor(ds["embedding"], dtype=torch.float32) if "embedding" in ds.column_names
+                      else encoder.encode(gold))
+        parts = reg.outputs_dir / f"{run['key'][:16]}.parts.jsonl" if reg is not None else None
+        if parts is not None:
+            parts.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        decoded = decode(model, tokenizer, embeddings, encoder=encoder, parts_path=parts, progress=progress,
+                         **settings)
+        seconds = time.perf_counter() - start
+        result = compute_metrics(gold, decoded, encoder=encoder if embedding_metrics else None,
+                                 gold_embeddings=embeddings, n_trajectories=n_trajectories, seed=metric_seed,
+                                 n_vars=encoder.n_vars, n_points=encoder.n_points, depths=depths)
+        run.update(test_path=str(test_path), n=len(gold), metrics={k: result[k] for k in ("overall", "by_depth")},
+                   info=dict(decode_seconds=round(seconds, 3), formulae_per_second=round(len(gold) / seconds, 2),
+                             device=str(model.device), host=platform.node()))
+        result.update(run=run, reused=False, conflict=None)
+        if reg is not None:
+            import pandas as pd
+
+            run["outputs"] = f"outputs/{run['key'][:16]}.parquet"
+            pd.DataFrame(result["rows"]).to_parquet(reg.outputs_path(run), index=False)
+            result["conflict"] = reg.add(run)
+            parts.unlink()
+    if report is not None:
+        history = []
+        if reg is not None:
+            root = lambda p: re.sub(r"/checkpoint-\d+$", "", p)  # noqa: E731  the run folder of a checkpoint
+            same = ("strategy", "settings", "test_hash", "metric_settings")
+            history = [r for r in reg.runs() if root(r["model"]) == root(result["run"]["model"])
+                       and all(r.get(k) == result["run"].get(k) for k in same if k in r)]
+        else:
+            import pandas as pd
+
+            Path(report).mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(result["rows"]).to_csv(Path(report) / "predictions.csv", index=False)
+        write_report(report, result, run=result["run"], history=history,
+                     reference=published_reference(str(test_path)))
+    return result

@@ -25,8 +25,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-_COLUMNS = ("key", "model", "model_sha256", "step", "strategy", "settings", "test_hash", "test_path", "n",
-            "metrics", "outputs", "info", "created")
+_COLUMNS = ("key", "model", "model_sha256", "step", "strategy", "settings", "metric_settings", "test_hash",
+            "test_path", "n", "metrics", "outputs", "info", "created")
+_JSON = ("settings", "metric_settings", "metrics", "info")
 _SCHEMA = f"CREATE TABLE IF NOT EXISTS runs ({', '.join(_COLUMNS)}, PRIMARY KEY (key))"
 
 
@@ -136,7 +137,7 @@ class Registry:
             diffs = metrics_differ(old["metrics"], row["metrics"])
             return {"key": row["key"], "model": row["model"], "step": row["step"], "strategy": row["strategy"],
                     "differences": diffs, "kept": old["created"], "rejected": row["created"]} if diffs else None
-        enc = {k: json.dumps(row[k], sort_keys=True) if k in ("settings", "metrics", "info") else row[k]
+        enc = {k: json.dumps(row[k], sort_keys=True) if k in _JSON else row[k]
                for k in _COLUMNS}
         with self._connect() as db:
             db.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(_COLUMNS))})",
@@ -162,7 +163,7 @@ class Registry:
 
 def _decode(row: sqlite3.Row) -> dict:
     d = dict(row)
-    for k in ("settings", "metrics", "info"):
+    for k in _JSON:
         d[k] = json.loads(d[k])
     return d
 

@@ -72,7 +72,7 @@ def plot_cos_rho_by_depth(rows: Sequence[Mapping], path: Path) -> None:
     depths = sorted({r["depth"] for r in rows})
     data = [[r["cos_rho"] for r in rows if r["depth"] == d] for d in depths]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.boxplot(data, tick_labels=[str(d) for d in depths], showfliers=False, widths=0.6)
+    ax.boxplot(data, tick_labels=[f"{d}\n(n={len(x)})" for d, x in zip(depths, data)], showfliers=False, widths=0.6)
     ax.plot(range(1, len(depths) + 1), [np.mean(x) for x in data], "D", color="tab:red", label="mean")
     ax.axhline(0.9, color="grey", ls=":", lw=1, label="0.9")
     ax.set(xlabel="gold depth", ylabel="cos ρ (gold, decoded)", ylim=(-1.05, 1.05),
@@ -113,7 +113,7 @@ def plot_checkpoints(history: Sequence[Mapping], path: Path) -> None:
         ax.plot(steps, [r["metrics"]["overall"].get(key) for r in runs], style, label=label)
     ax.set(xlabel="training step", ylabel="score", ylim=(min(0, ax.get_ylim()[0]), 1.02),
            title="Validity and semantic fidelity over checkpoints")
-    ax.legend()
+    ax.legend(loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

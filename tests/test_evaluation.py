@@ -136,3 +136,58 @@ def test_gold_must_parse_and_fit(trajectories):
         compute_metrics(["( x_0 >= 1"], ["x_0 >= 1"], trajectories=trajectories)
     with pytest.raises(ValueError, match="2 gold"):
         compute_metrics(GOLD[:2], GOLD[:1], trajectories=trajectories)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    """A tiny untrained decoder saved with its tokenizer and kernel encoder (16 anchors, 200 x 30-point traces)."""
+    from stldec import StlDecConfig, StlDecForCausalLM, StlTokenizer
+    from stldec.stl import FormulaGenerator, StlKernelEncoder
+
+    root = tmp_path_factory.mktemp("eval")
+    encoder = StlKernelEncoder(FormulaGenerator("random", seed=1, n_points=30).sample(16), n_trajectories=200,
+                               n_points=30)
+    torch.manual_seed(0)
+    model = StlDecForCausalLM(StlDecConfig.from_preset("tiny", max_position_embeddings=48))
+    for d in (root / "run", root / "run" / "checkpoint-10", root / "run" / "checkpoint-20"):
+        model.save_pretrained(d)
+        StlTokenizer().save_pretrained(d)
+        encoder.save_pretrained(d / "encoder")
+    gold = [f.to_string() for f in FormulaGenerator("balanced", seed=2, n_points=30).sample(6)]
+    (root / "test.csv").write_text("formula\n" + "".join(f'"{g}"\n' for g in gold))
+    return root, encoder
+
+
+@pytest.mark.slow
+def test_evaluate_cli_end_to_end(saved_model, capsys):
+    from stldec.cli import main
+    from stldec.registry import Registry
+
+    root, _ = saved_model
+    reg, rep = root / "reg" / "runs.sqlite", root / "report"
+    base = ["evaluate", "--test", str(root / "test.csv"), "--registry", str(reg), "--constrained",
+            "--max_new_tokens", "30", "--n_trajectories", "100", "--batch_size", "8"]
+    for ckpt in ("checkpoint-10", "checkpoint-20"):
+        main([*base, "--model", str(root / "run" / ckpt), "--report", str(rep)])
+    out = capsys.readouterr().out
+    assert '"validity": 1.0' in out and "reused" not in out  # constrained decoding: valid by construction
+    runs = Registry(reg).runs()
+    assert [r["step"] for r in runs] == [10, 20] and all(Registry(reg).outputs_path(r).is_file() for r in runs)
+    assert not list(reg.parent.glob("outputs/*.parts.jsonl"))
+    for name in ("report.md", "cos_rho_by_depth.png", "size_scatter.png", "checkpoints.png"):
+        assert (rep / name).is_file(), name
+    assert "| validity |" in (rep / "report.md").read_text()
+    # the same run with settings written differently (greedy ignores temperature) is reused, not recomputed
+    main([*base, "--model", str(root / "run" / "checkpoint-20"), "--temperature", "0.3", "--batch_size", "2"])
+    assert "reused from the registry" in capsys.readouterr().out and len(Registry(reg).runs()) == 2
+
+
+def test_evaluate_refuses_another_encoder(saved_model):
+    from stldec.cli import main
+    from stldec.stl import StlKernelEncoder
+
+    root, encoder = saved_model
+    StlKernelEncoder(encoder.anchors, n_trajectories=100, n_points=30).save_pretrained(root / "other")
+    with pytest.raises(SystemExit, match="trained with encoder"):
+        main(["evaluate", "--model", str(root / "run"), "--test", str(root / "test.csv"), "--encoder",
+              str(root / "other")])

@@ -16,7 +16,8 @@ def key(strategy, **settings):
 
 def run(k, metrics, step=100, outputs="outputs/a.parquet"):
     return dict(key=k, model="runs/m", model_sha256="w" * 64, step=step, strategy="greedy", settings={},
-                test_hash="t" * 64, test_path="test.csv", n=3, metrics=metrics, outputs=outputs, info={})
+                metric_settings=METRIC_SETTINGS, test_hash="t" * 64, test_path="test.csv", n=3, metrics=metrics,
+                outputs=outputs, info={})
 
 
 def test_same_settings_written_two_ways_give_one_key():
