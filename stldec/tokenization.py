@@ -114,8 +114,8 @@ class StlTokenizer(PreTrainedTokenizer):
         """Canonical spacing: `['always', '[', '0', ',', '5', ']', '(', ...]` -> `'always[0,5] ( ...'`."""
         out, prev = [], None
         for t in tokens:
-            glued = prev is None or t in _GLUE_BEFORE or prev in _GLUE_AFTER or (prev in _NUMBER_PART
-                                                                                  and t in _NUMBER_TAIL)
+            glued = (prev is None or t in _GLUE_BEFORE or prev in _GLUE_AFTER
+                     or (prev in _NUMBER_PART and t in _NUMBER_TAIL))
             out.append(t if glued else " " + t)
             prev = t
         return "".join(out)
