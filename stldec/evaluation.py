@@ -46,7 +46,7 @@ from .stl.kernel import robustness_matrix as _robustness_rows
 from .stl.kernel import unit_rows
 from .stl.measure import BaseMeasure
 
-EVALUATE_MODULE = __file__.rsplit("/", 1)[0] + "/metrics/stl_decoding"  # `evaluate.load(EVALUATE_MODULE)`
+EVALUATE_MODULE = str(Path(__file__).parent / "metrics" / "stl_decoding")  # `evaluate.load(EVALUATE_MODULE)`
 _NUMBER = re.compile(r"(?<=[<>]= )\S+|(?<=[\[,])\d+(?=[,\]])")
 _RUN3 = re.compile(r"(\d)\1\1")
 

@@ -191,3 +191,27 @@ def test_evaluate_refuses_another_encoder(saved_model):
     with pytest.raises(SystemExit, match="trained with encoder"):
         main(["evaluate", "--model", str(root / "run"), "--test", str(root / "test.csv"), "--encoder",
               str(root / "other")])
+
+
+def test_evaluate_module_loads_by_path():
+    import evaluate
+
+    from stldec.evaluation import EVALUATE_MODULE
+
+    metric = evaluate.load(EVALUATE_MODULE)
+    metric.add_batch(predictions=["always[0,10](x_0>=0.5)", "nonsense"], references=GOLD[:2])
+    out = metric.compute(n_trajectories=100)
+    assert out["validity"] == 0.5 and out["exact_match"] == 0.5 and out["cos_rho_mean"] == pytest.approx(0.5)
+
+
+def test_trainer_compute_metrics_decodes_ids_and_ignores_padding():
+    from transformers import EvalPrediction
+
+    from stldec import StlTokenizer
+    from stldec.evaluation import trainer_compute_metrics
+
+    tok = StlTokenizer()
+    ids = tok(GOLD[:2], padding=True)["input_ids"]
+    labels = [[i if i != tok.pad_token_id else -100 for i in row] for row in ids]
+    out = trainer_compute_metrics(tok, n_trajectories=100)(EvalPrediction(predictions=ids, label_ids=labels))
+    assert out["validity"] == out["exact_match"] == 1.0 and out["cos_rho_mean"] == pytest.approx(1.0)
