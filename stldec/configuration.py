@@ -17,8 +17,8 @@ PRESETS = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                  max_position_embeddings=128, embedding_dim=16, num_memory_tokens=4,
                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-    # CPU-trainable: ~4 M parameters with the published 1024-dim embeddings
-    "small": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768),
+    # CPU-trainable, the defaults: ~4 M parameters with the published 1024-dim embeddings
+    "small": {},
     # paper scale (12 layers, 16 heads, FFN 4096): ~210 M parameters at d = 1024, ~80 M at d = 512
     "base": dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, intermediate_size=4096,
                  embedding_dim=1024),
@@ -39,10 +39,10 @@ class StlDecConfig(PreTrainedConfig):
     keys_to_ignore_at_inference = ["past_key_values"]
 
     vocab_size: int = 32
-    hidden_size: int = 256
+    hidden_size: int = 192
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
-    intermediate_size: int = 1024
+    intermediate_size: int = 768
     max_position_embeddings: int = 512
     embedding_dim: int = 1024
     num_memory_tokens: int = 8
