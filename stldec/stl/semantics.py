@@ -42,8 +42,6 @@ def _log2(n: int) -> int:
     return max(n, 1).bit_length() - 1
 
 
-def _clog2(n: int) -> int:
-    return (max(n, 1) - 1).bit_length()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,7 +117,7 @@ class _Group:
     rows: int
     idx: dict[str, torch.Tensor]  # precomputed slot indices
     levels: list[int]  # rows that need doubling level j+1 (a prefix: rows are sorted by need)
-    extra: dict  # atom thresholds/signs
+    extra: dict  # atoms: row range per variable, signs and biases
 
     @property
     def scratch(self) -> int:
@@ -151,6 +149,8 @@ class RobustnessPlan:
             members = groups[key]
             if key[1] in ("F", "G", "U"):  # rows by needed table level, descending
                 members = sorted(members, key=lambda i: -self._rows(ir.nodes[i])[-1])
+            elif key[1] == "atom":  # rows by variable: one op per variable
+                members = sorted(members, key=lambda i: ir.nodes[i][2][0])
             order.append((key[1:], members))
         n = 0
         for _, members in order:
@@ -174,13 +174,13 @@ class RobustnessPlan:
 
     def _rows(self, node: tuple) -> tuple[int, int, int, int, int]:
         """(a, w, k, i, need): window start and width clipped to the trace (an empty window keeps width 1 and reads
-        fill slots only), the table level k of the window lookup (ceil for suffix windows, else floor), the level i
-        of the until's G[0,a-1] phi lookup, and the highest level the node needs."""
+        fill slots only), the table level k of the window lookup, the level i of the until's G[0,a-1] phi lookup,
+        and the highest table level the node needs (suffix windows are scans and need no table)."""
         op, _, (a, b) = node
         a = min(a, self.T)
         b = self.T - 1 if b is None else min(b, self.T - 1)
         w = max(b - a + 1, 1)
-        k = _clog2(w) if a + w >= self.T else _log2(w)
+        k = 0 if a + w >= self.T else _log2(w)
         i = _log2(a) if op == "U" else 0
         return a, w, k, i, max(k, i)
 
@@ -193,8 +193,9 @@ class RobustnessPlan:
         if op == "atom":
             var, thr, lte = zip(*(p for _, _, p in nodes))
             sgn = torch.tensor([-1.0 if x else 1.0 for x in lte], dtype=torch.float64)
-            idx["var"] = torch.tensor(var)
-            extra = {"sgn": sgn.view(-1, 1, 1), "bias": (-sgn * torch.tensor(thr, dtype=torch.float64)).view(-1, 1, 1)}
+            bias = (-sgn * torch.tensor(thr, dtype=torch.float64)).view(-1, 1, 1)
+            vars_ = [(v, var.index(v), rows - var[::-1].index(v)) for v in sorted(set(var))]  # (var, first, end)
+            extra = {"vars": vars_, "sgn": sgn.view(-1, 1, 1), "bias": bias}
         elif op in ("not", "and", "or"):
             for k in range(len(nodes[0][1])):
                 idx[f"c{k}"] = torch.tensor([pos[ch[k]] for _, ch, _ in nodes])
@@ -214,13 +215,12 @@ class RobustnessPlan:
             if op in ("F", "G"):  # table (K, rows, T): extremum over [t, t+2^lev) of the shifted child
                 idx["fetch"] = fetch(0, a, NEG if op == "F" else POS)
                 tab = lambda lev, s: 2 + (lev * rows + g) * T + torch.clamp(s, max=T - 1)  # noqa: E731
-                idx["final"] = (tab(k, t) if suffix else torch.cat([tab(k, t), tab(k, t + w - p2(k))])).flatten()
+                if not suffix:
+                    idx["final"] = torch.cat([tab(k, t), tab(k, t + w - p2(k))]).flatten()
             else:  # until: table (K, 2, rows, T) of compositions (A, B), then V(u) for the window, then shift by a
                 idx["phi"], idx["psi"] = fetch(0, 0, POS), fetch(1, 0, NEG)
                 tab = lambda lev, ab, s: 2 + ((lev * 2 + ab) * rows + g) * T + torch.clamp(s, max=T - 1)  # noqa: E731
-                if suffix:
-                    idx["v"] = tab(k, 0, t).flatten()
-                else:
+                if not suffix:
                     L = w - p2(k)
                     j = torch.tensor([_log2(x) for x in L.flatten().tolist()]).view(-1, 1)
                     has_l = L > 0
@@ -233,7 +233,7 @@ class RobustnessPlan:
                     v_at = torch.where(t + a < T, 2 + K * 2 * rows * T + g * T + torch.clamp(t + a, max=T - 1), NEG)
                     idx["final"] = torch.cat([tab(i, 1, t), tab(i, 1, t + a - p2(i)), v_at]).flatten()
         idx = {name: v.to(dev) for name, v in idx.items()}
-        extra = {name: v.to(dev) for name, v in extra.items()}
+        extra = {name: v.to(dev) if isinstance(v, torch.Tensor) else v for name, v in extra.items()}
         return _Group(op, suffix, shifted, T, pos[members[0]], rows, idx, levels, extra)
 
     def bytes_per_trajectory(self, itemsize: int = 4) -> int:
@@ -261,7 +261,8 @@ class RobustnessPlan:
             tmp = ws[: g.rows * T * 2].view(2, g.rows, T, N)
             if g.op == "atom":
                 sgn, bias = g.extra["sgn"].to(x.dtype), g.extra["bias"].to(x.dtype)
-                torch.addcmul(bias, torch.index_select(xt, 0, g.idx["var"], out=tmp[0]), sgn, out=out)
+                for v, r0, r1 in g.extra["vars"]:  # sgn * x_v - sgn * c, exactly x_v - c or c - x_v
+                    torch.addcmul(bias[r0:r1], xt[v], sgn[r0:r1], out=out[r0:r1])
             elif g.op == "not":
                 torch.neg(torch.index_select(nodes, 0, g.idx["c0"], out=tmp[0]), out=out)
             elif g.op in ("and", "or"):
@@ -285,14 +286,17 @@ class RobustnessPlan:
         ws[:2] = arena[:2]
         tab = ws[2 : 2 + K * rows * T].view(K, rows, T, N)
         torch.index_select(arena, 0, g.idx["fetch"], out=tab[0].view(-1, N))
+        if g.suffix:  # backward scan: out(t) = op(child(t+a), out(t+1))
+            c = tab[0]
+            out[:, T - 1] = c[:, T - 1]
+            for u in range(T - 2, -1, -1):
+                op(c[:, u], out[:, u + 1], out=out[:, u])
+            return
         for lev, n in enumerate(g.levels):
             d, src, dst = 1 << lev, tab[lev, :n], tab[lev + 1, :n]
             if d < T:
                 op(src[:, : T - d], src[:, d:], out=dst[:, : T - d])
             dst[:, max(T - d, 0) :] = src[:, max(T - d, 0) :]
-        if g.suffix:
-            torch.index_select(ws[: 2 + K * rows * T], 0, g.idx["final"], out=out.view(-1, N))
-            return
         both = ws[2 + K * rows * T : 2 + (K + 2) * rows * T]
         both = torch.index_select(ws[: 2 + K * rows * T], 0, g.idx["final"], out=both).view(2, rows, T, N)
         op(both[0], both[1], out=out)
@@ -314,8 +318,13 @@ class RobustnessPlan:
             dst[:, :, max(T - d, 0) :] = src[:, :, max(T - d, 0) :]
         src = ws[: 2 + (2 * K + 1) * rows * T]  # fills, table and V
         v = src[2 + 2 * K * rows * T :].view(rows, T, N) if g.shifted else out  # V(u): the until over [u, u+w)
-        if g.suffix:
-            torch.index_select(src[: 2 + 2 * K * rows * T], 0, g.idx["v"], out=v.view(-1, N))
+        if g.suffix:  # backward scan V(u) = max(A_u, min(B_u, V(u+1))) = clamp(V(u+1), A_u, max(A_u, B_u))
+            A, B = tab[0, 0], tab[0, 1]
+            if self.convention == "textbook":  # strict: A = psi may exceed B = phi
+                B = torch.maximum(A, B, out=ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 2) * rows * T].view_as(A))
+            v[:, T - 1] = A[:, T - 1]
+            for u in range(T - 2, -1, -1):
+                torch.clamp(v[:, u + 1], min=A[:, u], max=B[:, u], out=v[:, u])
         else:
             tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 5) * rows * T]
             t = torch.index_select(src, 0, g.idx["v"], out=tmp).view(4, rows, T, N)
