@@ -82,3 +82,20 @@ def test_merge_copies_runs_and_outputs_and_reports_conflicts(tmp_path):
 def test_metrics_differ_tolerates_float_noise():
     assert metrics_differ({"a": 0.1 + 0.2, "b": {"c": 1}}, {"a": 0.3, "b": {"c": 1}}) == []
     assert metrics_differ({"a": 0.3, "b": None}, {"a": 0.3, "b": 0.5}) == ["b"]
+
+
+def test_registry_cli_lists_merges_and_exits_2_on_conflicts(tmp_path, capsys):
+    from stldec.cli import main
+
+    metrics = {"overall": {"validity": 1.0, "cos_rho_mean": 0.8}}
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    Registry(a).add(run("k1", metrics))
+    Registry(b).add(run("k2", metrics, step=200))
+    main(["registry", str(a), "--merge", str(b)])
+    main(["registry", str(a)])
+    out = capsys.readouterr().out
+    assert "1 runs added, 0 conflicts" in out and "step=100" in out and "step=200" in out
+    Registry(b).add(run("k1", {"overall": {"validity": 1.0, "cos_rho_mean": 0.5}}))
+    with pytest.raises(SystemExit) as e:
+        main(["registry", str(a), "--merge", str(b)])
+    assert e.value.code == 2 and "overall.cos_rho_mean" in capsys.readouterr().err
