@@ -1,0 +1,41 @@
+"""The example notebooks run top to bottom (nbclient) on a tiny model folder made here (untrained: fast)."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from nbclient import NotebookClient
+
+from stldec import StlDecConfig, StlDecForCausalLM, StlTokenizer
+from stldec.stl import FormulaGenerator, StlKernelEncoder
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "examples" / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    encoder = StlKernelEncoder(FormulaGenerator("random", seed=0, n_points=30).sample(16), n_trajectories=300,
+                               n_points=30)
+    torch.manual_seed(0)
+    StlDecForCausalLM(StlDecConfig.from_preset("tiny", embedding_dim=encoder.embedding_dim)).save_pretrained(d)
+    StlTokenizer().save_pretrained(d)
+    encoder.save_pretrained(d / "encoder")
+    return d
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path, model_dir, monkeypatch):
+    monkeypatch.setenv("STLDEC_MODEL", str(model_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", "agg")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert not errors
