@@ -186,7 +186,9 @@ def _embedding_distances(encoder, g: list[Formula], d: list[Formula | None], gol
     cos, l2 = torch.full((len(g),), math.nan, dtype=torch.float64), torch.full((len(g),), math.nan, dtype=torch.float64)
     idx = torch.tensor([i for i, o in enumerate(ok) if o], dtype=torch.long)
     if len(idx):
-        ed = encoder.encode([d[i] for i in idx.tolist()]).double()  # (V, D)
+        unique = list(dict.fromkeys(d[i] for i in idx.tolist()))  # each distinct decoded formula embedded once
+        where = {f: j for j, f in enumerate(unique)}
+        ed = encoder.encode(unique).double()[[where[d[i]] for i in idx.tolist()]]  # (V, D)
         cos[idx] = torch.nn.functional.cosine_similarity(eg[idx], ed, dim=1)
         l2[idx] = (eg[idx] - ed).norm(dim=1)
     return cos.tolist(), l2.tolist()

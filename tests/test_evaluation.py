@@ -215,3 +215,19 @@ def test_trainer_compute_metrics_decodes_ids_and_ignores_padding():
     labels = [[i if i != tok.pad_token_id else -100 for i in row] for row in ids]
     out = trainer_compute_metrics(tok, n_trajectories=100)(EvalPrediction(predictions=ids, label_ids=labels))
     assert out["validity"] == out["exact_match"] == 1.0 and out["cos_rho_mean"] == pytest.approx(1.0)
+
+
+def test_embedding_metrics(trajectories):
+    from stldec.stl import StlKernelEncoder
+
+    encoder = StlKernelEncoder(GOLD, n_trajectories=200, n_points=20)
+    decoded = [GOLD[0], "bad", "always[0,10] ( x_1 >= 0.5 )", "( x_0 >= 0.2 or x_1 <= 0.7 )"]
+    rows = compute_metrics(GOLD, decoded, encoder=encoder, trajectories=trajectories)["rows"]
+    assert rows[0]["embedding_cosine"] == pytest.approx(1.0) and rows[0]["embedding_l2"] == pytest.approx(0, abs=1e-6)
+    assert math.isnan(rows[1]["embedding_cosine"]) and math.isnan(rows[1]["embedding_l2"])
+    assert rows[2]["embedding_l2"] > 0.01 and rows[3]["embedding_l2"] > 0.01
+    given = compute_metrics(GOLD, decoded, encoder=encoder, gold_embeddings=encoder.encode(GOLD),
+                            trajectories=trajectories)["rows"]
+    assert [r["embedding_l2"] for r in given[2:]] == pytest.approx([r["embedding_l2"] for r in rows[2:]])
+    with pytest.raises(ValueError, match="rows"):
+        compute_metrics(GOLD, decoded, encoder=encoder, gold_embeddings=torch.zeros(2, 4), trajectories=trajectories)
