@@ -54,7 +54,7 @@ class _IR:
         self.nodes: list[tuple] = []  # (op, children, params)
         self.dh: list[int] = []  # samples lost at the end of the trace (reference); 0 under textbook
         self.ids: dict[tuple, int] = {}
-        self.memo: dict[Formula, int] = {}
+        self.memo: dict[tuple[Formula, bool], int] = {}
 
     def add(self, op: str, children: tuple[int, ...], params: tuple = ()) -> int:
         if op in ("and", "or"):
@@ -73,34 +73,41 @@ class _IR:
             h += a if b is None else b
         return h
 
-    def lower(self, f: Formula) -> int:
-        if f not in self.memo:
-            self.memo[f] = self._lower(f)
-        return self.memo[f]
+    def lower(self, f: Formula, neg: bool = False) -> int:
+        """IR node of f (of not f with neg=True). Negations are pushed down to atoms and untils, exactly:
+        -(x - c) == c - x and -max == min(-.) in floating point, empty-window fills included."""
+        if (f, neg) not in self.memo:
+            self.memo[f, neg] = self._lower(f, neg)
+        return self.memo[f, neg]
 
-    def _lower(self, f: Formula) -> int:
+    def _lower(self, f: Formula, neg: bool) -> int:
         match f:
             case Atom():
-                return self.add("atom", (), (f.var, float(f.threshold), f.lte))
+                return self.add("atom", (), (f.var, float(f.threshold), f.lte != neg))
             case Not():
-                return self.add("not", (self.lower(f.child),))
+                return self.lower(f.child, not neg)
             case And() | Or():
-                return self.add("and" if isinstance(f, And) else "or", (self.lower(f.left), self.lower(f.right)))
+                op = "and" if isinstance(f, And) != neg else "or"
+                return self.add(op, (self.lower(f.left, neg), self.lower(f.right, neg)))
             case Always() | Eventually():
                 a, b = (0, None) if f.interval is None else (f.interval.start, f.interval.end)
-                return self.add("G" if isinstance(f, Always) else "F", (self.lower(f.child),), (a, b))
+                return self.add("G" if isinstance(f, Always) != neg else "F", (self.lower(f.child, neg),), (a, b))
             case Until():
-                l, r = self.lower(f.left), self.lower(f.right)
-                a, b = (0, None) if f.interval is None else (f.interval.start, f.interval.end)
-                if self.convention == "textbook":
-                    return self.add("U", (l, r), (a, b))
-                u = self.add("U", (l, r), (0, None))  # the reference's inclusive unbounded until
-                if f.interval is None:
-                    return u
-                g = self.add("G", (l,), (0, a))
-                head = self.add("and", (g, self.add("F", (r,), (a, b))))
-                return self.add("and", (head, self.add("F", (u,), (a, None))))
+                u = self._until(f)
+                return self.add("not", (u,)) if neg else u
         raise TypeError(f"not a formula node: {f!r}")
+
+    def _until(self, f: Until) -> int:
+        l, r = self.lower(f.left), self.lower(f.right)
+        a, b = (0, None) if f.interval is None else (f.interval.start, f.interval.end)
+        if self.convention == "textbook":
+            return self.add("U", (l, r), (a, b))
+        u = self.add("U", (l, r), (0, None))  # the reference's inclusive unbounded until
+        if f.interval is None:
+            return u
+        g = self.add("G", (l,), (0, a))
+        head = self.add("and", (g, self.add("F", (r,), (a, b))))
+        return self.add("and", (head, self.add("F", (u,), (a, None))))
 
 
 # ---------------------------------------------------------------------------------------------------------------
