@@ -44,7 +44,8 @@ def _shared_file(path: str | None, out: Path, name: str, n: int, encoder, seed: 
 
 
 def evaluate_model(model_dir: str | Path, test_file: str, encoder) -> dict:
-    """Greedy-decode every row of `test_file` with the model in `model_dir`; `compute_metrics` of the result."""
+    """Greedy-decode every row of `test_file` with the model in `model_dir` (at most twice the longest gold
+    formula's tokens); `compute_metrics` of the result."""
     import torch
 
     from ..evaluation import compute_metrics
@@ -54,8 +55,9 @@ def evaluate_model(model_dir: str | Path, test_file: str, encoder) -> dict:
     model = StlDecForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = StlTokenizer.from_pretrained(model_dir)
     rows = D.load_formulae(test_file, encoder)[:]  # {column: list}
+    longest = max(len(ids) for ids in tokenizer(rows["formula"])["input_ids"])
     texts = generate_texts(model, tokenizer, torch.tensor(rows["embedding"], dtype=torch.float32),
-                           max_new_tokens=model.config.max_position_embeddings - 1)
+                           max_new_tokens=min(2 * longest, model.config.max_position_embeddings - 1))
     return compute_metrics(rows["formula"], texts, depths=rows["depth"], n_vars=encoder.n_vars,
                            n_points=encoder.n_points)
 
