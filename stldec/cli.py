@@ -209,8 +209,11 @@ def data(args: argparse.Namespace) -> None:
     from .data import build_dataset, load_formulae
     from .stl import StlKernelEncoder
 
-    encoder = StlKernelEncoder.from_pretrained(args.encoder, device=args.device)
-    out = build_dataset(args.out, args.n, encoder, preset=args.preset, seed=args.seed, shard_size=args.shard_size)
+    try:
+        encoder = StlKernelEncoder.from_pretrained(args.encoder, device=args.device)
+        out = build_dataset(args.out, args.n, encoder, preset=args.preset, seed=args.seed, shard_size=args.shard_size)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"stldec data build: {e}") from None
     print(f"{len(load_formulae(out))} formulae in {out} ({encoder.fingerprint})")
 
 
