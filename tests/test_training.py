@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from stldec.trainers import Experiment, parse_train_args, train
+from stldec.trainers import Experiment, checkpoints, last_complete_checkpoint, parse_train_args, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -69,6 +69,9 @@ def test_loss_drops_and_the_run_folder_is_complete(tmp_path):
     evals = [m for m in metrics(out) if "eval_validity" in m]
     assert [m["step"] for m in evals] == [20, 40] and all(0 <= m["eval_cos_rho_mean"] <= 1 for m in evals)
     assert {"config.json", "model.safetensors", "vocab.json", "experiment.yaml", "runs.jsonl"} <= set(os.listdir(out))
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["best_metric"] == min(m["eval_loss"] for m in metrics(out) if "eval_loss" in m)
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{state['best_global_step']}")
     assert Experiment.load(out / "experiment.yaml") == e
     record = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
     assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]["torch"]
@@ -79,6 +82,17 @@ def test_loss_drops_and_the_run_folder_is_complete(tmp_path):
     from stldec import StlDecForCausalLM
     model = StlDecForCausalLM.from_pretrained(out)
     assert model.config.add_cross_attention and model.config.embedding_dim == 8
+
+
+def test_only_marked_checkpoints_count_as_complete(tmp_path):
+    for step, marked in ((3, True), (7, False), (12, True), (20, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if marked:
+            (tmp_path / f"checkpoint-{step}" / "stldec_complete.json").write_text("{}")
+    (tmp_path / "checkpoint-best").mkdir()
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-12"
+    assert [p.name for p in checkpoints(tmp_path, complete=False)] == ["checkpoint-7", "checkpoint-20"]
+    assert last_complete_checkpoint(tmp_path / "nowhere") is None
 
 
 def test_checkpoints_at_the_step_interval_and_each_epoch_end(tmp_path):
@@ -95,8 +109,7 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
                    training={"num_train_epochs": 6, "save_steps": 3, "logging_steps": 1})
     e.save(tmp_path / "e.yaml")
     args = ["--config", str(tmp_path / "e.yaml")]
-    whole = run_script([*args, "--output_dir", str(tmp_path / "whole")])
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    train(e, tmp_path / "whole")  # in this process (one thread, as the subprocesses): same kernels, same results
 
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "examples/train.py", *args, "--output_dir", str(out)], cwd=ROOT, env=ENV,
