@@ -36,6 +36,7 @@ from .formula import Always, And, Atom, Eventually, Formula, Not, Or, Until, as_
 
 CONVENTIONS = ("reference", "textbook")
 POS, NEG = 0, 1  # arena/workspace slots holding +inf and -inf
+MAX_ROWS = 256  # most nodes evaluated by one group op
 
 
 def _log2(n: int) -> int:
@@ -143,14 +144,16 @@ class RobustnessPlan:
         T, self.T, self.convention, self.device = n_points, n_points, convention, torch.device(device)
         ir = _IR(convention)
         roots = [ir.lower(f) for f in formulae]
-        height = []
-        for _, ch, _ in ir.nodes:
-            height.append(1 + max((height[c] for c in ch), default=-1))
+        height = [0] * len(ir.nodes)  # longest path from a leaf: a node's height exceeds its children's
+        for i, (_, ch, _) in enumerate(ir.nodes):
+            height[i] = 1 + max((height[c] for c in ch), default=-1)
+        late = [max(height, default=0)] * len(ir.nodes)  # as late as possible: nodes run just before their first
+        for i in range(len(ir.nodes) - 1, -1, -1):  # reader, so they stay in the arena briefly (parents come last)
+            for c in ir.nodes[i][1]:
+                late[c] = min(late[c], late[i] - 1)
         groups: dict[tuple[int, str, bool, bool], list[int]] = {}
         for i, node in enumerate(ir.nodes):
-            groups.setdefault((height[i], *self._kind(node)), []).append(i)
-        self.n_nodes = len(ir.nodes)
-        pos = [0] * self.n_nodes
+            groups.setdefault((late[i], *self._kind(node)), []).append(i)
         order = []
         for key in sorted(groups):
             members = groups[key]
@@ -158,11 +161,9 @@ class RobustnessPlan:
                 members = sorted(members, key=lambda i: -self._rows(ir.nodes[i])[-1])
             elif key[1] == "atom":  # rows by variable: one op per variable
                 members = sorted(members, key=lambda i: ir.nodes[i][2][0])
-            order.append((key[1:], members))
-        n = 0
-        for _, members in order:
-            for i in members:
-                pos[i], n = n, n + 1
+            for r in range(0, len(members), MAX_ROWS):  # bounded group size bounds the scratch
+                order.append((key[1:], members[r : r + MAX_ROWS]))
+        pos, self.n_nodes = self._allocate(order, ir, roots)
         slot = [2 + p * T for p in pos]  # arena slot of (node, t=0)
         self.groups = [self._group(*kind, members, ir, pos, slot) for kind, members in order]
         self.scratch = max((g.scratch for g in self.groups), default=0)
@@ -170,6 +171,44 @@ class RobustnessPlan:
         self.roots = torch.tensor([pos[r] for r in roots], device=self.device)
         self.root_slots = torch.tensor([slot[r] for r in roots], device=self.device)
         self.root_len = torch.tensor([T - ir.dh[r] for r in roots], device=self.device)
+
+    @staticmethod
+    def _allocate(order: list, ir: _IR, roots: list[int]) -> tuple[list[int], int]:
+        """Arena row of every node: each group's outputs are one contiguous block, and a row is reused once the
+        last group reading it has run (first fit). Returns (positions, arena rows)."""
+        group_of = {i: gi for gi, (_, members) in enumerate(order) for i in members}
+        last = [-1] * len(ir.nodes)  # index of the last group reading each node; roots live to the end
+        for r in roots:
+            last[r] = len(order)
+        for i, (_, ch, _) in enumerate(ir.nodes):
+            for c in ch:
+                last[c] = max(last[c], group_of[i])
+        expiring: dict[int, list[int]] = {}
+        for i, gi in enumerate(last):
+            expiring.setdefault(gi, []).append(i)
+        free: list[list[int]] = []  # sorted [start, length] runs of free rows
+        pos, top = [0] * len(ir.nodes), 0
+        for gi, (_, members) in enumerate(order):
+            for i in expiring.get(gi - 1, []):  # read for the last time by the previous group
+                free.append([pos[i], 1])
+            free.sort()
+            merged: list[list[int]] = []
+            for run in free:
+                if merged and merged[-1][0] + merged[-1][1] == run[0]:
+                    merged[-1][1] += run[1]
+                else:
+                    merged.append(run)
+            free = merged
+            n = len(members)
+            run = next((r for r in free if r[1] >= n), None)
+            if run is None:
+                start, top = top, top + n
+            else:
+                start, run[0], run[1] = run[0], run[0] + n, run[1] - n
+                free = [r for r in free if r[1] > 0]
+            for k, i in enumerate(members):
+                pos[i] = start + k
+        return pos, max(top, 1)
 
     def _kind(self, node: tuple) -> tuple[str, bool, bool]:
         """(op, suffix, shifted): nodes of one height and kind form one group."""
