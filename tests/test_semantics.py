@@ -237,5 +237,28 @@ def test_chunked_and_batched_equal_unchunked_and_one_by_one(convention):
     whole = robustness(fs, x, convention=convention, at="all")
     same = lambda a, b: torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)  # noqa: E731  (exactly equal)
     assert same(robustness(fs, x, convention=convention, at="all", chunk_size=5), whole)
+    assert same(robustness(fs, x, convention=convention, chunk_size=8), whole[..., 0])
     for i, f in enumerate(fs):
         assert same(robustness(f, x, convention=convention, at="all")[0], whole[i]), str(f)
+
+
+def test_satisfaction_of_zero_robustness_is_false():
+    x = torch.ones(2, 1, 5)
+    assert robustness("x_0 >= 1", x).eq(0).all() and not satisfaction("x_0 >= 1", x).any()
+
+
+def test_groups_larger_than_one_op_are_split():
+    fs = [Eventually(Atom(i % 3, i / 100, i % 2 == 0), Interval(i % 5, i % 5 + 3)) for i in range(300)]
+    x = walks(6)
+    r = robustness(fs, x, at="all")
+    for i in range(0, 300, 37):
+        assert torch.allclose(r[i], robustness(fs[i], x, at="all")[0], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    x = walks(50)
+    for convention in ("reference", "textbook"):
+        cpu = robustness(FORMULAE, x, convention=convention, at="all")
+        gpu = robustness(FORMULAE, x.cuda(), convention=convention, at="all")
+        assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-6, equal_nan=True)
