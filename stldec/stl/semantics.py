@@ -1,17 +1,20 @@
-"""Batched STL robustness: many formulae x many trajectories in a few dozen tensor ops.
+"""Batched STL robustness: many formulae x many trajectories, a few tensor ops per group of same-kind nodes.
 
 `robustness(formulae, trajectories)` compiles the batch into a `RobustnessPlan` and runs it on trajectory chunks:
 
 1. Every formula is lowered to a small IR (atom, not, and, or, windowed max F / min G, until) and hash-consed, so
    shared sub-formulae are computed once. Under the reference convention a timed until is rewritten exactly as the
    published code does: `G[0,a] phi & F[a,b] psi & F[a,inf) (phi U psi)` with an *inclusive* unbounded until.
-2. IR nodes are grouped by (height, operator); one group is evaluated by one short sequence of tensor ops whatever
-   the intervals of its members. All node values live in one "arena" of shape (2 + nodes*T, N) whose rows are
-   (node, time) slots with the N trajectories contiguous; slots 0 and 1 hold +inf and -inf, so a time shift, the
-   end-of-domain mask and the empty-window fill of a whole group are one `index_select` with a precomputed index.
-3. Sliding windows use a sparse table (log-doubling, O(log w) passes, then two lookups per sample); until uses the
-   same doubling on the composition of the maps x -> max(A_t, min(B_t, x)) (A=psi, B=phi for the strict until),
-   which gives any window in four lookups and never materialises (N, T, T) tensors.
+2. IR nodes are grouped by (height, operator kind), heights assigned as late as possible; one group (at most
+   `MAX_ROWS` nodes) is evaluated by one short sequence of tensor ops whatever the intervals of its members. Node
+   values live in an "arena" of shape (2 + rows*T, N) whose rows are (node, time) slots with the N trajectories
+   contiguous; slots 0 and 1 hold +inf and -inf, so a time shift, the end-of-domain mask and the empty-window fill
+   of a whole group are one `index_select` with a precomputed index. Arena rows are reused once their last reader
+   has run.
+3. Bounded windows use a sparse table (log-doubling: O(log w) passes, then two lookups per sample). The bounded until
+   uses the same doubling on the composition of the maps x -> max(A_t, min(B_t, x)) (A=psi, B=phi for the strict
+   until; A=min(phi, psi) for the inclusive one), which gives any window in four lookups and never materialises
+   (N, T, T) tensors. Windows that reach the end of the trace (unbounded, [a,inf)) are backward scans over t.
 
 Conventions (DESIGN.md "Intervals"): "textbook" equals rtamt's `StlDiscreteTimeOfflineSpecification` (strict until,
 windows truncated at the end of the trace, empty window: G=+inf, F/U=-inf; `[a,inf)` is `[a,T-1]`); "reference"
@@ -19,9 +22,11 @@ equals the published code: each node is defined on its domain only (a bounded wi
 `[a,inf)` by `a`, binary operators take the shorter operand), unbounded operators range to the end of their child's
 domain, values are always finite, and samples outside the root's domain are NaN with `at="all"`.
 
-Memory: one chunk of `c` trajectories holds the arena, `(2 + nodes*T) * c` values, plus the largest group's table,
-`(levels+1) * rows * T * c` values (twice for until). `chunk_size=None` picks `c` so that both stay under
-`max_bytes` (default 256 MiB), whatever N is; the result itself is (B, N) or (B, N, T).
+Memory: a chunk of `c` trajectories uses `plan.bytes_per_trajectory() * c` bytes (arena high-water mark plus the
+largest group's scratch: (levels+1) * rows * T values, twice for until), in one buffer the plan keeps between calls
+(so a plan is not thread-safe). `chunk_size=None` picks `c` to stay under `max_bytes` (default 256 MiB) whatever N
+is; e.g. the 1024 published anchors at T=100 need about 2.3 MB per trajectory (chunks of ~118). The result itself
+is (B, N) or (B, N, T). Plans are cached per (formulae, T, convention, device) by `compile_plan`.
 """
 
 from __future__ import annotations
@@ -359,7 +364,8 @@ class RobustnessPlan:
             d, src, dst = 1 << lev, tab[lev, :, :n], tab[lev + 1, :, :n]
             if d < T:
                 A, B = src[0], src[1]
-                torch.maximum(A[:, : T - d], torch.minimum(B[:, : T - d], A[:, d:]), out=dst[0, :, : T - d])
+                tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 2) * rows * T].view(rows, T, N)[:n, : T - d]
+                torch.maximum(A[:, : T - d], torch.minimum(B[:, : T - d], A[:, d:], out=tmp), out=dst[0, :, : T - d])
                 torch.minimum(B[:, : T - d], B[:, d:], out=dst[1, :, : T - d])
             dst[:, :, max(T - d, 0) :] = src[:, :, max(T - d, 0) :]
         src = ws[: 2 + (2 * K + 1) * rows * T]  # fills, table and V
