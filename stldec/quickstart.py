@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 SETTINGS = {  # (normal, tiny)
-    "anchors": (64, 16), "n_trajectories": (500, 200), "n_points": (50, 30), "n_train": (6000, 600),
-    "n_test": (200, 24), "max_steps": (600, 40), "hidden_size": (128, 64), "num_hidden_layers": (3, 2),
+    "anchors": (64, 16), "n_trajectories": (500, 200), "n_points": (50, 30), "n_train": (6000, 400),
+    "n_test": (200, 12), "max_steps": (600, 30), "hidden_size": (128, 64), "num_hidden_layers": (3, 2),
+    "max_position_embeddings": (160, 80),
 }
 SHOWN = ("validity", "cos_rho_mean", "cos_rho_median", "cos_rho_share_above_0.9", "sign_agreement",
          "skeleton_match", "embedding_cosine", "node_ratio", "depth_ratio")
@@ -31,14 +32,14 @@ def experiment_dict(tiny: bool = False, max_steps: int | None = None) -> dict:
     return {
         "model": {"head": "decoder", "preset": "tiny", "hidden_size": s["hidden_size"],
                   "intermediate_size": 4 * s["hidden_size"], "num_hidden_layers": s["num_hidden_layers"],
-                  "max_position_embeddings": 160},
+                  "max_position_embeddings": s["max_position_embeddings"]},
         "data": {"preset": "easy", "n_train": s["n_train"], "n_validation": 64, "n_generate": 0, "seed": 0,
                  "encoder": {"anchors": s["anchors"], "n_trajectories": s["n_trajectories"],
                              "n_points": s["n_points"], "seed": 0}},
         "training": {"max_steps": steps, "per_device_train_batch_size": 32, "learning_rate": 3e-3,
                      "warmup_steps": 0.05, "logging_steps": max(steps // 10, 1), "eval_steps": steps,
                      "save_steps": max(steps // 2, 1), "save_total_limit": 1, "report_to": [],
-                     "disable_tqdm": True},
+                     "disable_tqdm": tiny},
     }
 
 

@@ -7,15 +7,8 @@ import pytest
 import torch
 
 from stldec import StlDecConfig, StlDecForCausalLM, StlTokenizer
-from stldec.decoding import (
-    _DONE,
-    DecodingConfig,
-    GrammarLogitsProcessor,
-    StlGrammar,
-    decode,
-    read_inputs,
-    rerank,
-)
+from stldec.decoding import DecodingConfig, decode, read_inputs, rerank
+from stldec.grammar import _DONE, GrammarLogitsProcessor, StlGrammar
 from stldec.stl import FormulaGenerator, StlKernelEncoder, parse
 
 TOK = StlTokenizer()
