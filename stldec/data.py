@@ -231,9 +231,11 @@ class FormulaStream(torch.utils.data.IterableDataset):
         rank, world = (self.rank if self.rank is not None else rank), (self.world_size or world)
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        shard, n_shards = rank * n_workers + worker, world * n_workers
-        # DataLoader workers hand out batches round-robin: worker w made batches w, w + W, ... of those consumed
-        done = len(range(worker, self.batches_done, n_workers)) * self.batch_size
+        # DataLoader workers hand out batches round-robin starting at worker 0: after N batches, worker w continues
+        # the sub-stream of the worker that made batch N + w, which had made batches role, role + W, ... so far
+        role = (worker + self.batches_done) % n_workers
+        shard, n_shards = rank * n_workers + role, world * n_workers
+        done = len(range(role, self.batches_done, n_workers)) * self.batch_size
         k, start = divmod(done, self.chunk_size)
         while True:
             rows = self.chunk(k * n_shards + shard, start)

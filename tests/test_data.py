@@ -200,3 +200,19 @@ def test_cli_value_parsing():
     assert (_value("10"), _value("1e-3"), _value("true"), _value("[a, b]"), _value("cosine")) == \
         (10, 1e-3, True, ["a", "b"], "cosine")
     assert json.loads(json.dumps(_value("0.5"))) == 0.5
+
+
+def test_stream_resume_with_dataloader_workers_keeps_the_batch_order():
+    def indices(rows):
+        return [r["index"] for r in rows]
+
+    def loader(skip: int):
+        s = D.FormulaStream(seed=1, chunk_size=4, **SHORT)
+        s.skip(skip, 2)
+        return iter(torch.utils.data.DataLoader(s, batch_size=2, num_workers=2, collate_fn=indices))
+
+    whole = [next(it) for it in [loader(0)] for _ in range(9)]
+    assert sorted(sum(whole, [])) == list(range(18))
+    for n in (1, 3, 4):
+        it = loader(n)
+        assert [next(it) for _ in range(5)] == whole[n : n + 5]
