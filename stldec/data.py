@@ -18,6 +18,7 @@ decoder, `embedding` (list of float32, one entry per encoder anchor).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -92,8 +93,10 @@ def add_embeddings(ds: datasets.Dataset, encoder: StlKernelEncoder, *, batch_siz
     """`ds` with an `embedding` column computed by `encoder` (unchanged if it already has one)."""
     if "embedding" in ds.column_names:
         return ds
+    # the encoder's fingerprint names the result: `datasets` would otherwise hash the encoder's tensors to name it
+    name = hashlib.sha256(f"{ds._fingerprint}-{encoder.fingerprint}".encode()).hexdigest()[:32]
     return ds.map(lambda b: {"embedding": encoder.encode(b["formula"]).tolist()}, batched=True, batch_size=batch_size,
-                  desc="embedding")
+                  desc="embedding", new_fingerprint=name)
 
 
 def built_with(path: str | os.PathLike) -> str | None:
