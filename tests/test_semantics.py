@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stldec.stl import Always, And, Atom, Eventually, Interval, Not, Or, Until, parse
-from stldec.stl.semantics import robustness, satisfaction
+from stldec.stl.semantics import compile_plan, robustness, satisfaction
 
 INF = math.inf
 
@@ -262,3 +262,19 @@ def test_cuda_matches_cpu():
         cpu = robustness(FORMULAE, x, convention=convention, at="all")
         gpu = robustness(FORMULAE, x.cuda(), convention=convention, at="all")
         assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("convention", ["reference", "textbook"])
+def test_start_reads_only_needed_samples(convention):
+    """at="start" computes each node on the samples its readers need: poisoning the workspace with NaN first must
+    not change any value (nothing unneeded is read)."""
+    rng = random.Random(3)
+    for T in (12, 25, 40):
+        fs = tuple(f for f in (random_formula(rng, 6, n_vars=3, max_t=8) for _ in range(40)) if f.time_horizon < T)
+        x = walks(9, T=T, seed=T)
+        plan = compile_plan(fs, T, convention, "cpu", "start")
+        plan(x)
+        plan._buffer.fill_(math.nan)
+        want = robustness(fs, x, convention=convention, at="all")[..., 0]
+        assert torch.allclose(plan(x), want, rtol=0, atol=0, equal_nan=True)
+        assert not want.isnan().any()

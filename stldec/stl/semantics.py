@@ -126,6 +126,9 @@ class _Group:
     suffix: bool  # windowed op whose window always reaches the end of the trace: one table lookup per sample
     shifted: bool  # until with a > 0: a min with G[0,a-1] phi and a shift by a after the window
     T: int
+    Tg: int  # samples of the output that are needed (the rest of the arena rows is left as is)
+    Tt: int  # samples of the table / input window
+    Tv: int  # samples of V, the until over [u, u+w)
     start: int  # first arena node of the group's output (outputs are contiguous)
     rows: int
     idx: dict[str, torch.Tensor]  # precomputed slot indices
@@ -142,13 +145,25 @@ class _Group:
 class RobustnessPlan:
     """A batch of formulae compiled for trajectories of `n_points` samples on one device; reusable across chunks.
 
-    `plan(x)` with x (N, n_vars, T) returns (B, N) robustness at t=0, `plan(x, at="all")` returns (B, N, T).
+    `plan(x)` with x (N, n_vars, T) returns (B, N) robustness at t=0 (at="start"), or (B, N, T) (at="all").
+    With at="start" every node is computed only on the leading samples its readers need.
     """
 
-    def __init__(self, formulae: Sequence[Formula], n_points: int, convention: str, device: torch.device | str):
-        T, self.T, self.convention, self.device = n_points, n_points, convention, torch.device(device)
+    def __init__(self, formulae: Sequence[Formula], n_points: int, convention: str, device: torch.device | str,
+                 at: str = "start"):
+        T, self.T, self.convention, self.device, self.at = n_points, n_points, convention, torch.device(device), at
         ir = _IR(convention)
         roots = [ir.lower(f) for f in formulae]
+        need = [0] * len(ir.nodes)  # leading samples of each node that some reader uses
+        for r in roots:
+            need[r] = T if at == "all" else 1
+        for i in range(len(ir.nodes) - 1, -1, -1):
+            m = need[i]
+            if ir.nodes[i][0] in ("F", "G", "U"):
+                a, w, *_ = self._rows(ir.nodes[i])
+                m = T if a + w >= T else min(T, m + a + w - 1)
+            for c in ir.nodes[i][1]:
+                need[c] = max(need[c], m)
         height = [0] * len(ir.nodes)  # longest path from a leaf: a node's height exceeds its children's
         for i, (_, ch, _) in enumerate(ir.nodes):
             height[i] = 1 + max((height[c] for c in ch), default=-1)
@@ -170,7 +185,8 @@ class RobustnessPlan:
                 order.append((key[1:], members[r : r + MAX_ROWS]))
         pos, self.n_nodes = self._allocate(order, ir, roots)
         slot = [2 + p * T for p in pos]  # arena slot of (node, t=0)
-        self.groups = [self._group(*kind, members, ir, pos, slot) for kind, members in order]
+        self.groups = [self._group(*kind, members, ir, pos, slot, max(need[i] for i in members))
+                       for kind, members in order]
         self.scratch = max((g.scratch for g in self.groups), default=0)
         self._buffer: torch.Tensor | None = None  # reused across calls: a plan is not thread-safe
         self.roots = torch.tensor([pos[r] for r in roots], device=self.device)
@@ -236,11 +252,11 @@ class RobustnessPlan:
         return a, w, k, i, max(k, i)
 
     def _group(self, op: str, suffix: bool, shifted: bool, members: list[int], ir: _IR, pos: list[int],
-               slot: list[int]) -> _Group:
+               slot: list[int], Tg: int) -> _Group:
         T, dev, rows = self.T, self.device, len(members)
-        t = torch.arange(T)
         idx, levels, extra = {}, [], {}
         nodes = [ir.nodes[i] for i in members]
+        Tt = Tv = Tg
         if op == "atom":
             var, thr, lte = zip(*(p for _, _, p in nodes))
             sgn = torch.tensor([-1.0 if x else 1.0 for x in lte], dtype=torch.float64)
@@ -257,21 +273,26 @@ class RobustnessPlan:
             g = torch.arange(rows).view(-1, 1)
             K = len(levels) + 1  # table levels 0..K-1
             p2 = lambda e: torch.ones_like(e) << e  # noqa: E731
+            # outputs t < Tg read the table up to Tg-1 + a+w-1; past that (or the end of the trace) nothing is read
+            Tt = T if suffix else min(T, Tg + int((a + w).max()) - 1)
+            Tv = T if suffix else Tt if shifted else Tg
+            t = torch.arange(Tg)
 
-            def fetch(child: int, shift, fill: int):  # (rows*T,) arena slots of child[t+shift], fill past its end
-                s = t + shift
+            def fetch(child: int, shift, fill: int):  # (rows*Tt,) arena slots of child[t+shift], fill past its end
+                s = torch.arange(Tt) + shift
                 base = torch.tensor([slot[ch[child]] for _, ch, _ in nodes]).view(-1, 1)
                 return torch.where(s < end, base + s, fill).flatten()
 
             if op in ("F", "G"):  # table (K, rows, T): extremum over [t, t+2^lev) of the shifted child
                 idx["fetch"] = fetch(0, a, NEG if op == "F" else POS)
-                tab = lambda lev, s: 2 + (lev * rows + g) * T + torch.clamp(s, max=T - 1)  # noqa: E731
+                tab = lambda lev, s: 2 + (lev * rows + g) * Tt + torch.clamp(s, max=Tt - 1)  # noqa: E731
                 if not suffix:
                     idx["final"] = torch.cat([tab(k, t), tab(k, t + w - p2(k))]).flatten()
             else:  # until: table (K, 2, rows, T) of compositions (A, B), then V(u) for the window, then shift by a
                 idx["phi"], idx["psi"] = fetch(0, 0, POS), fetch(1, 0, NEG)
-                tab = lambda lev, ab, s: 2 + ((lev * 2 + ab) * rows + g) * T + torch.clamp(s, max=T - 1)  # noqa: E731
+                tab = lambda lev, ab, s: 2 + ((lev * 2 + ab) * rows + g) * Tt + torch.clamp(s, max=Tt - 1)  # noqa: E731
                 if not suffix:
+                    t = torch.arange(Tv)
                     L = w - p2(k)
                     j = torch.tensor([_log2(x) for x in L.flatten().tolist()]).view(-1, 1)
                     has_l = L > 0
@@ -281,11 +302,12 @@ class RobustnessPlan:
                     t4 = torch.where(has_l, tab(k, 0, t + L), t1)
                     idx["v"] = torch.cat([t1, t2, t3, t4]).flatten()
                 if shifted:
-                    v_at = torch.where(t + a < T, 2 + K * 2 * rows * T + g * T + torch.clamp(t + a, max=T - 1), NEG)
+                    t = torch.arange(Tg)
+                    v_at = torch.where(t + a < T, 2 + K * 2 * rows * Tt + g * Tv + torch.clamp(t + a, max=Tv - 1), NEG)
                     idx["final"] = torch.cat([tab(i, 1, t), tab(i, 1, t + a - p2(i)), v_at]).flatten()
         idx = {name: v.to(dev) for name, v in idx.items()}
         extra = {name: v.to(dev) if isinstance(v, torch.Tensor) else v for name, v in extra.items()}
-        return _Group(op, suffix, shifted, T, pos[members[0]], rows, idx, levels, extra)
+        return _Group(op, suffix, shifted, T, Tg, Tt, Tv, pos[members[0]], rows, idx, levels, extra)
 
     def bytes_per_trajectory(self, itemsize: int = 4) -> int:
         """Workspace bytes per trajectory of a chunk: the arena plus the largest group's scratch."""
@@ -300,31 +322,31 @@ class RobustnessPlan:
         arena = b[: (2 + self.n_nodes * self.T) * N].view(-1, N)
         return arena, b[arena.numel() : size].view(-1, N)
 
-    def __call__(self, x: torch.Tensor, at: str = "start") -> torch.Tensor:
-        """x (N, n_vars, T) -> (B, N) at t=0, or (B, N, T) with at="all"."""
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, n_vars, T) -> (B, N) at t=0 (at="start"), or (B, N, T) (at="all")."""
         T, N = self.T, x.shape[0]
         xt = x.permute(1, 2, 0).contiguous()  # (n_vars, T, N)
         arena, ws = self._workspace(N, x)
         arena[:2] = torch.tensor([[float("inf")], [float("-inf")]], dtype=x.dtype, device=x.device)
         nodes = arena[2:].view(self.n_nodes, T, N)
         for g in self.groups:
-            out = nodes[g.start : g.start + g.rows]  # (rows, T, N)
-            tmp = ws[: g.rows * T * 2].view(2, g.rows, T, N)
+            out = nodes[g.start : g.start + g.rows]  # (rows, T, N); samples t < g.Tg are computed
+            tmp, head, part = ws[: g.rows * g.Tg * 2].view(2, g.rows, g.Tg, N), out[:, : g.Tg], nodes[:, : g.Tg]
             if g.op == "atom":
                 sgn, bias = g.extra["sgn"].to(x.dtype), g.extra["bias"].to(x.dtype)
                 for v, r0, r1 in g.extra["vars"]:  # sgn * x_v - sgn * c, exactly x_v - c or c - x_v
-                    torch.addcmul(bias[r0:r1], xt[v], sgn[r0:r1], out=out[r0:r1])
+                    torch.addcmul(bias[r0:r1], xt[v, : g.Tg], sgn[r0:r1], out=head[r0:r1])
             elif g.op == "not":
-                torch.neg(torch.index_select(nodes, 0, g.idx["c0"], out=tmp[0]), out=out)
+                torch.neg(torch.index_select(part, 0, g.idx["c0"], out=tmp[0]), out=head)
             elif g.op in ("and", "or"):
                 op = torch.minimum if g.op == "and" else torch.maximum
-                torch.index_select(nodes, 0, g.idx["c0"], out=tmp[0])
-                op(tmp[0], torch.index_select(nodes, 0, g.idx["c1"], out=tmp[1]), out=out)
+                torch.index_select(part, 0, g.idx["c0"], out=tmp[0])
+                op(tmp[0], torch.index_select(part, 0, g.idx["c1"], out=tmp[1]), out=head)
             elif g.op in ("F", "G"):
                 self._window_group(g, arena, ws, out)
             else:
                 self._until_group(g, arena, ws, out)
-        if at == "start":
+        if self.at == "start":
             return arena.index_select(0, self.root_slots)  # (B, N)
         res = nodes.index_select(0, self.roots).permute(0, 2, 1)  # (B, N, T)
         if self.convention == "reference":
@@ -332,7 +354,7 @@ class RobustnessPlan:
         return res
 
     def _window_group(self, g: _Group, arena: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
-        T, N, rows, K = self.T, arena.shape[1], g.rows, len(g.levels) + 1
+        T, N, rows, K = g.Tt, arena.shape[1], g.rows, len(g.levels) + 1
         op = torch.maximum if g.op == "F" else torch.minimum
         ws[:2] = arena[:2]
         tab = ws[2 : 2 + K * rows * T].view(K, rows, T, N)
@@ -348,12 +370,12 @@ class RobustnessPlan:
             if d < T:
                 op(src[:, : T - d], src[:, d:], out=dst[:, : T - d])
             dst[:, max(T - d, 0) :] = src[:, max(T - d, 0) :]
-        both = ws[2 + K * rows * T : 2 + (K + 2) * rows * T]
-        both = torch.index_select(ws[: 2 + K * rows * T], 0, g.idx["final"], out=both).view(2, rows, T, N)
-        op(both[0], both[1], out=out)
+        both = ws[2 + K * rows * T : 2 + K * rows * T + 2 * rows * g.Tg]
+        both = torch.index_select(ws[: 2 + K * rows * T], 0, g.idx["final"], out=both).view(2, rows, g.Tg, N)
+        op(both[0], both[1], out=out[:, : g.Tg])
 
     def _until_group(self, g: _Group, arena: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
-        T, N, rows, K = self.T, arena.shape[1], g.rows, len(g.levels) + 1
+        T, N, rows, K, Tv = g.Tt, arena.shape[1], g.rows, len(g.levels) + 1, g.Tv
         ws[:2] = arena[:2]
         tab = ws[2 : 2 + 2 * K * rows * T].view(K, 2, rows, T, N)  # (A, B) of the composition over [t, t+2^lev)
         torch.index_select(arena, 0, g.idx["phi"], out=tab[0, 1].view(-1, N))
@@ -368,8 +390,8 @@ class RobustnessPlan:
                 torch.maximum(A[:, : T - d], torch.minimum(B[:, : T - d], A[:, d:], out=tmp), out=dst[0, :, : T - d])
                 torch.minimum(B[:, : T - d], B[:, d:], out=dst[1, :, : T - d])
             dst[:, :, max(T - d, 0) :] = src[:, :, max(T - d, 0) :]
-        src = ws[: 2 + (2 * K + 1) * rows * T]  # fills, table and V
-        v = src[2 + 2 * K * rows * T :].view(rows, T, N) if g.shifted else out  # V(u): the until over [u, u+w)
+        src = ws[: 2 + 2 * K * rows * T + rows * Tv]  # fills, table and V
+        v = src[2 + 2 * K * rows * T :].view(rows, Tv, N) if g.shifted else out[:, :Tv]  # V(u): until over [u, u+w)
         if g.suffix:  # backward scan V(u) = max(A_u, min(B_u, V(u+1))) = clamp(V(u+1), A_u, max(A_u, B_u))
             A, B = tab[0, 0], tab[0, 1]
             if self.convention == "textbook":  # strict: A = psi may exceed B = phi
@@ -378,20 +400,20 @@ class RobustnessPlan:
             for u in range(T - 2, -1, -1):
                 torch.clamp(v[:, u + 1], min=A[:, u], max=B[:, u], out=v[:, u])
         else:
-            tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 5) * rows * T]
-            t = torch.index_select(src, 0, g.idx["v"], out=tmp).view(4, rows, T, N)
+            tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 1) * rows * T + 4 * rows * Tv]
+            t = torch.index_select(src, 0, g.idx["v"], out=tmp).view(4, rows, Tv, N)
             torch.maximum(t[0], torch.minimum(torch.minimum(t[1], t[2]), t[3]), out=v)
         if g.shifted:
-            tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 4) * rows * T]
-            f = torch.index_select(src, 0, g.idx["final"], out=tmp).view(3, rows, T, N)
-            torch.minimum(torch.minimum(f[0], f[1]), f[2], out=out)
+            tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 1) * rows * T + 3 * rows * g.Tg]
+            f = torch.index_select(src, 0, g.idx["final"], out=tmp).view(3, rows, g.Tg, N)
+            torch.minimum(torch.minimum(f[0], f[1]), f[2], out=out[:, : g.Tg])
 
 
 @functools.lru_cache(maxsize=8)
-def compile_plan(formulae: tuple[Formula, ...], n_points: int, convention: str = "reference",
-                 device: str = "cpu") -> RobustnessPlan:
+def compile_plan(formulae: tuple[Formula, ...], n_points: int, convention: str = "reference", device: str = "cpu",
+                 at: str = "start") -> RobustnessPlan:
     """The (cached) plan for a tuple of formulae; `robustness` calls this, callers may reuse it directly."""
-    return RobustnessPlan(formulae, n_points, convention, device)
+    return RobustnessPlan(formulae, n_points, convention, device, at)
 
 
 def robustness(formulae: Formula | str | Sequence[Formula | str], trajectories: torch.Tensor, *,
@@ -423,12 +445,12 @@ def robustness(formulae: Formula | str | Sequence[Formula | str], trajectories: 
             raise ValueError(f"formula {f} reads x_{max(f.variables)} but the trajectories have {n_vars} variables")
     dtype = torch.float64 if trajectories.dtype == torch.float64 else torch.float32
     x = trajectories.to(dtype)
-    plan = compile_plan(fs, T, convention, str(x.device))
+    plan = compile_plan(fs, T, convention, str(x.device), at)
     if chunk_size is None:
         chunk_size = max(1, max_bytes // plan.bytes_per_trajectory(x.element_size()))
     if len(fs) == 0 or N <= chunk_size:
-        return plan(x, at) if len(fs) else x.new_empty((0, N) if at == "start" else (0, N, T))
-    return torch.cat([plan(x[i : i + chunk_size], at) for i in range(0, N, chunk_size)], dim=1)
+        return plan(x) if len(fs) else x.new_empty((0, N) if at == "start" else (0, N, T))
+    return torch.cat([plan(x[i : i + chunk_size]) for i in range(0, N, chunk_size)], dim=1)
 
 
 def satisfaction(formulae: Formula | str | Sequence[Formula | str], trajectories: torch.Tensor, *,
