@@ -1,9 +1,9 @@
 """Robustness throughput: stldec's batched engine vs a naive one-formula-at-a-time torch baseline, rtamt and stlcg++.
 
-Workload: 50 formulae of depth <= 5 (FormulaGenerator "random" preset, seed 0, when it exists; else the seeded
-sampler below) x 1000 base-measure trajectories (seed 0) x 101 points, textbook convention (the one every peer
-implements); the reference convention is timed too. Throughput = formula * trajectory * timepoint evaluations per
-second (every implementation computes the whole robustness trace); nodes/s counts AST nodes instead of formulae.
+Workload: 50 formulae of depth <= 5 (FormulaGenerator "random" preset, seed 0, max_depth 5, when it exists; else
+the seeded sampler below) x 1000 base-measure trajectories (seed 0) x 101 points, textbook convention (the one
+every peer implements); the reference convention is timed too. Throughput = formula * trajectory * timepoint
+evaluations per second (every implementation computes the whole robustness trace); nodes/s counts AST nodes.
 rtamt and stlcg++ run on a subsample and are extrapolated.
 
     .venv/bin/python benchmarks/bench_robustness.py [--threads 1] [--repeat 5] [--rtamt 4] [--stlcg 10]
@@ -25,8 +25,8 @@ def workload(n_formulae: int = 50, n_vars: int = 3, n_points: int = 101) -> tupl
     try:
         from stldec.stl import FormulaGenerator
 
-        gen = FormulaGenerator(preset="random", seed=0, n_vars=n_vars, n_points=n_points)
-        return [gen.sample() for _ in range(n_formulae)], "FormulaGenerator(preset='random', seed=0)"
+        gen = FormulaGenerator(preset="random", seed=0, n_vars=n_vars, n_points=n_points, max_depth=5)
+        return gen.sample(n_formulae), "FormulaGenerator('random', seed=0, max_depth=5)"
     except (ImportError, TypeError, AttributeError):
         rng, fs = random.Random(0), []
         while len(fs) < n_formulae:
