@@ -166,9 +166,9 @@ def test_evaluate_cli_end_to_end(saved_model, capsys):
     root, _ = saved_model
     reg, rep = root / "reg" / "runs.sqlite", root / "report"
     base = ["evaluate", "--test", str(root / "test.csv"), "--registry", str(reg), "--constrained",
-            "--max_new_tokens", "30", "--n_trajectories", "100", "--batch_size", "8"]
-    for ckpt in ("checkpoint-10", "checkpoint-20"):
-        main([*base, "--model", str(root / "run" / ckpt), "--report", str(rep)])
+            "--max_new_tokens", "20", "--n_trajectories", "100", "--batch_size", "8"]
+    main([*base, "--model", str(root / "run" / "checkpoint-10")])
+    main([*base, "--model", str(root / "run" / "checkpoint-20"), "--report", str(rep)])
     out = capsys.readouterr().out
     assert '"validity": 1.0' in out and "reused" not in out  # constrained decoding: valid by construction
     runs = Registry(reg).runs()
