@@ -278,3 +278,10 @@ def test_start_reads_only_needed_samples(convention):
         want = robustness(fs, x, convention=convention, at="all")[..., 0]
         assert torch.allclose(plan(x), want, rtol=0, atol=0, equal_nan=True)
         assert not want.isnan().any()
+
+
+def test_empty_batches_and_inputs_requiring_grad():
+    assert robustness([], walks(3)).shape == (0, 3)
+    assert robustness(FORMULAE, walks(0), at="all").shape == (5, 0, 30)
+    x = walks(3).requires_grad_()
+    assert torch.equal(robustness(FORMULAE, x), robustness(FORMULAE, x.detach()))

@@ -426,6 +426,7 @@ def robustness(formulae: Formula | str | Sequence[Formula | str], trajectories: 
     the input's device. Under "reference", a formula needs `time_horizon < T` (ValueError otherwise) and samples
     past the root's domain are NaN; under "textbook" values may be +-inf (empty windows, as rtamt).
     Trajectories are processed `chunk_size` at a time (default: as many as fit in `max_bytes` of workspace).
+    Not differentiable (the result carries no gradient); for soft/differentiable STL use a dedicated library.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention!r}; expected one of {CONVENTIONS}")
@@ -443,14 +444,16 @@ def robustness(formulae: Formula | str | Sequence[Formula | str], trajectories: 
     for f in fs:
         if f.variables and max(f.variables) >= n_vars:
             raise ValueError(f"formula {f} reads x_{max(f.variables)} but the trajectories have {n_vars} variables")
-    dtype = torch.float64 if trajectories.dtype == torch.float64 else torch.float32
-    x = trajectories.to(dtype)
+    x = trajectories.detach().to(torch.float64 if trajectories.dtype == torch.float64 else torch.float32)
+    if len(fs) == 0 or N == 0:
+        return x.new_empty((len(fs), N) if at == "start" else (len(fs), N, T))
     plan = compile_plan(fs, T, convention, str(x.device), at)
     if chunk_size is None:
         chunk_size = max(1, max_bytes // plan.bytes_per_trajectory(x.element_size()))
-    if len(fs) == 0 or N <= chunk_size:
-        return plan(x) if len(fs) else x.new_empty((0, N) if at == "start" else (0, N, T))
-    return torch.cat([plan(x[i : i + chunk_size]) for i in range(0, N, chunk_size)], dim=1)
+    with torch.no_grad():
+        if N <= chunk_size:
+            return plan(x)
+        return torch.cat([plan(x[i : i + chunk_size]) for i in range(0, N, chunk_size)], dim=1)
 
 
 def satisfaction(formulae: Formula | str | Sequence[Formula | str], trajectories: torch.Tensor, *,
