@@ -362,7 +362,8 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="only the first N test rows")
     p.add_argument("--n_trajectories", type=int, default=1000, help="trajectories for cos_rho and sign agreement")
     p.add_argument("--metric_seed", type=int, default=0, help="seed of those trajectories")
-    p.add_argument("--no_embedding_metrics", action="store_true", help="skip re-embedding the decoded formulae")
+    p.add_argument("--embedding_metrics", action="store_true",
+                   help="also cosine/L2 between gold and decoded kernel embeddings (re-embeds the decoded formulae)")
     p.add_argument("--force", action="store_true", help="recompute even if the registry holds this run")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
 
@@ -378,7 +379,7 @@ def evaluate(args: argparse.Namespace) -> None:
         result = run_evaluation(args.model, args.test, encoder=args.encoder, registry=args.registry,
                                 report=args.report, limit=args.limit, n_trajectories=args.n_trajectories,
                                 metric_seed=args.metric_seed, force=args.force, device=args.device,
-                                embedding_metrics=not args.no_embedding_metrics, strategy=args.strategy,
+                                embedding_metrics=args.embedding_metrics, strategy=args.strategy,
                                 constrained=args.constrained, **settings)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"stldec evaluate: {e}") from None

@@ -269,13 +269,15 @@ def checkpoint_step(model_dir: str | os.PathLike) -> int | None:
 def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *, encoder=None,
                    registry: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
                    limit: int | None = None, n_trajectories: int = 1000, metric_seed: int = 0, force: bool = False,
-                   embedding_metrics: bool = True, device: str | None = None, progress: bool | None = None,
+                   embedding_metrics: bool = False, device: str | None = None, progress: bool | None = None,
                    **settings) -> dict:
     """Decode `test_path` (formula[,depth][,embedding]) with the model in `model_dir`, score it, record and report it.
 
     encoder: an StlKernelEncoder or a saved encoder folder; default: the one saved with the model (`<model>/encoder`);
     one whose fingerprint differs from the model's is refused. settings: `decoding.DecodingConfig` fields.
-    n_trajectories, metric_seed: the base-measure trajectories of cos_rho and sign agreement.
+    n_trajectories, metric_seed: the base-measure trajectories of cos_rho and sign agreement. embedding_metrics:
+    also re-embed every decoded formula with the encoder (its N trajectories: ~0.7 s per formula per CPU core at
+    N = 100k, so opt-in); gold embeddings come from the test file's `embedding` column, else from the encoder.
     registry: SQLite file; a run with the same key (model, weights, step, canonical settings, metric settings, test
     set) is reused instead of recomputed unless `force`. report: folder for report.md + plots (+ predictions.csv when
     there is no registry). Returns compute_metrics' dict plus `run` (the registry row), `reused` and `conflict`.
