@@ -48,8 +48,6 @@ def _log2(n: int) -> int:
     return max(n, 1).bit_length() - 1
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # lowering: Formula -> hash-consed IR. A node is (op, children, params); dh is the reference "domain horizon"
 
@@ -123,7 +121,7 @@ class _IR:
 @dataclass
 class _Group:
     op: str
-    suffix: bool  # windowed op whose window always reaches the end of the trace: one table lookup per sample
+    suffix: bool  # windowed op whose window always reaches the end of the trace: a backward scan
     shifted: bool  # until with a > 0: a min with G[0,a-1] phi and a shift by a after the window
     T: int
     Tg: int  # samples of the output that are needed (the rest of the arena rows is left as is)
@@ -154,23 +152,7 @@ class RobustnessPlan:
         T, self.T, self.convention, self.device, self.at = n_points, n_points, convention, torch.device(device), at
         ir = _IR(convention)
         roots = [ir.lower(f) for f in formulae]
-        need = [0] * len(ir.nodes)  # leading samples of each node that some reader uses
-        for r in roots:
-            need[r] = T if at == "all" else 1
-        for i in range(len(ir.nodes) - 1, -1, -1):
-            m = need[i]
-            if ir.nodes[i][0] in ("F", "G", "U"):
-                a, w, *_ = self._rows(ir.nodes[i])
-                m = T if a + w >= T else min(T, m + a + w - 1)
-            for c in ir.nodes[i][1]:
-                need[c] = max(need[c], m)
-        height = [0] * len(ir.nodes)  # longest path from a leaf: a node's height exceeds its children's
-        for i, (_, ch, _) in enumerate(ir.nodes):
-            height[i] = 1 + max((height[c] for c in ch), default=-1)
-        late = [max(height, default=0)] * len(ir.nodes)  # as late as possible: nodes run just before their first
-        for i in range(len(ir.nodes) - 1, -1, -1):  # reader, so they stay in the arena briefly (parents come last)
-            for c in ir.nodes[i][1]:
-                late[c] = min(late[c], late[i] - 1)
+        need, late = self._schedule(ir, roots)
         groups: dict[tuple[int, str, bool, bool], list[int]] = {}
         for i, node in enumerate(ir.nodes):
             groups.setdefault((late[i], *self._kind(node)), []).append(i)
@@ -192,6 +174,29 @@ class RobustnessPlan:
         self.roots = torch.tensor([pos[r] for r in roots], device=self.device)
         self.root_slots = torch.tensor([slot[r] for r in roots], device=self.device)
         self.root_len = torch.tensor([T - ir.dh[r] for r in roots], device=self.device)
+
+    def _schedule(self, ir: _IR, roots: list[int]) -> tuple[list[int], list[int]]:
+        """(need, height) of every node: the leading samples some reader uses (all T with at="all"), and the step it
+        runs at, as late as possible (just before its first reader, so it stays in the arena briefly)."""
+        T, n = self.T, len(ir.nodes)
+        need = [0] * n
+        for r in roots:
+            need[r] = T if self.at == "all" else 1
+        for i in range(n - 1, -1, -1):  # parents come after their children in ir.nodes
+            m = need[i]
+            if ir.nodes[i][0] in ("F", "G", "U"):
+                a, w, *_ = self._rows(ir.nodes[i])
+                m = T if a + w >= T else min(T, m + a + w - 1)
+            for c in ir.nodes[i][1]:
+                need[c] = max(need[c], m)
+        height = [0] * n  # longest path from a leaf
+        for i, (_, ch, _) in enumerate(ir.nodes):
+            height[i] = 1 + max((height[c] for c in ch), default=-1)
+        late = [max(height, default=0)] * n
+        for i in range(n - 1, -1, -1):
+            for c in ir.nodes[i][1]:
+                late[c] = min(late[c], late[i] - 1)
+        return need, late
 
     @staticmethod
     def _allocate(order: list, ir: _IR, roots: list[int]) -> tuple[list[int], int]:
@@ -412,7 +417,8 @@ class RobustnessPlan:
 @functools.lru_cache(maxsize=8)
 def compile_plan(formulae: tuple[Formula, ...], n_points: int, convention: str = "reference", device: str = "cpu",
                  at: str = "start") -> RobustnessPlan:
-    """The (cached) plan for a tuple of formulae; `robustness` calls this, callers may reuse it directly."""
+    """The (cached) plan for a tuple of formulae; `robustness` calls this, callers may reuse it directly
+    (`plan(x)` on a chunk x (N, n_vars, n_points) of the same dtype/device family)."""
     return RobustnessPlan(formulae, n_points, convention, device, at)
 
 
