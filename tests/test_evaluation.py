@@ -166,17 +166,19 @@ def test_evaluate_cli_end_to_end(saved_model, capsys):
     root, _ = saved_model
     reg, rep = root / "reg" / "runs.sqlite", root / "report"
     base = ["evaluate", "--test", str(root / "test.csv"), "--registry", str(reg), "--constrained",
-            "--max_new_tokens", "20", "--n_trajectories", "100", "--batch_size", "8"]
+            "--max_new_tokens", "20", "--n_trajectories", "100", "--batch_size", "8", "--limit", "5",
+            "--embedding_metrics"]
     main([*base, "--model", str(root / "run" / "checkpoint-10")])
     main([*base, "--model", str(root / "run" / "checkpoint-20"), "--report", str(rep)])
     out = capsys.readouterr().out
-    assert '"validity": 1.0' in out and "reused" not in out  # constrained decoding: valid by construction
+    assert '"validity": 1.0' in out and '"n": 5' in out and "reused" not in out  # constrained: valid by construction
     runs = Registry(reg).runs()
     assert [r["step"] for r in runs] == [10, 20] and all(Registry(reg).outputs_path(r).is_file() for r in runs)
     assert not list(reg.parent.glob("outputs/*.parts.jsonl"))
     for name in ("report.md", "cos_rho_by_depth.png", "size_scatter.png", "checkpoints.png"):
         assert (rep / name).is_file(), name
-    assert "| validity |" in (rep / "report.md").read_text()
+    report = (rep / "report.md").read_text()
+    assert "| validity | 1.000 |" in report and "| embedding_cosine | –" not in report
     # the same run with settings written differently (greedy ignores temperature) is reused, not recomputed
     main([*base, "--model", str(root / "run" / "checkpoint-20"), "--temperature", "0.3", "--batch_size", "2"])
     assert "reused from the registry" in capsys.readouterr().out and len(Registry(reg).runs()) == 2
