@@ -233,3 +233,15 @@ def test_embedding_metrics(trajectories):
     assert [r["embedding_l2"] for r in given[2:]] == pytest.approx([r["embedding_l2"] for r in rows[2:]])
     with pytest.raises(ValueError, match="rows"):
         compute_metrics(GOLD, decoded, encoder=encoder, gold_embeddings=torch.zeros(2, 4), trajectories=trajectories)
+
+
+def test_cos_rho_and_sign_agree_with_the_kernel_and_satisfaction(trajectories):
+    from stldec.stl import FormulaGenerator, satisfaction
+    from stldec.stl.kernel import cos_rho
+
+    fs = [f.to_string() for f in FormulaGenerator("random", seed=3).sample(16)]
+    gold, decoded = fs[:8], fs[8:]
+    rows = compute_metrics(gold, decoded, trajectories=trajectories)["rows"]
+    assert [r["cos_rho"] for r in rows] == pytest.approx(cos_rho(gold, decoded, trajectories).tolist(), abs=1e-5)
+    agree = (satisfaction(gold, trajectories) == satisfaction(decoded, trajectories)).double().mean(1)
+    assert [r["sign_agreement"] for r in rows] == pytest.approx(agree.tolist())
