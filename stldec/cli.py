@@ -312,8 +312,8 @@ def decode(args: argparse.Namespace) -> None:
         model.to(device)
         parts = f"{args.output}.parts.jsonl"
         texts = decode(model, tokenizer, embeddings, encoder=encoder, parts_path=parts, **settings)
-        nbest = decode(model, tokenizer, embeddings, n=args.nbest, parts_path=f"{args.output}.nbest.parts.jsonl",
-                       **settings) if args.nbest else None
+        nbest = decode(model, tokenizer, embeddings, encoder=encoder, n=args.nbest,
+                       parts_path=f"{args.output}.nbest.parts.jsonl", **settings) if args.nbest else None
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"stldec decode: {e}") from None
     df = pd.DataFrame({"formula": gold} if gold is not None else {})
@@ -330,7 +330,7 @@ def decode(args: argparse.Namespace) -> None:
 def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output_dir", default="outputs/quickstart", help="where the encoder, data, model and results go")
     p.add_argument("--tiny", action="store_true", help="a smaller, faster setting (CI: about a minute)")
-    p.add_argument("--max_steps", type=int, help="training steps (default: 600, --tiny: 60)")
+    p.add_argument("--max_steps", type=int, help="training steps (default: 1000, --tiny: 30)")
 
 
 @_command("quickstart", _quickstart_arguments)

@@ -210,7 +210,7 @@ def decode(model, tokenizer, embeddings, *, encoder=None, n: int = 0, parts_path
     cfg = DecodingConfig(**settings)
     cfg = replace(cfg, max_new_tokens=cfg.max_new_tokens or model.config.max_position_embeddings - 1)
     e = check_embeddings(embeddings, model.config.embedding_dim)
-    if cfg.strategy == "rerank" and encoder is None:
+    if cfg.strategy == "rerank" and not n and encoder is None:
         raise ValueError("strategy='rerank' re-embeds the candidates: pass the kernel encoder (encoder=...)")
     if encoder is not None:
         check_encoder(model, encoder)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 SETTINGS = {  # (normal, tiny)
     "anchors": (64, 16), "n_trajectories": (500, 200), "n_points": (50, 30), "n_train": (6000, 400),
-    "n_test": (200, 12), "max_steps": (600, 30), "hidden_size": (128, 64), "num_hidden_layers": (3, 2),
+    "n_test": (200, 12), "max_steps": (1000, 30), "hidden_size": (128, 64), "num_hidden_layers": (3, 2),
     "max_position_embeddings": (160, 80),
 }
 SHOWN = ("validity", "cos_rho_mean", "cos_rho_median", "cos_rho_share_above_0.9", "sign_agreement",

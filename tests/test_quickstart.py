@@ -8,8 +8,9 @@ import sys
 import pandas as pd
 import pytest
 
+from stldec.decoding import load_model_encoder
 from stldec.quickstart import SETTINGS
-from stldec.stl import parse
+from stldec.stl import StlKernelEncoder, parse
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +42,17 @@ def test_decode_command_round_trip(quickstart, tmp_path):
     (tmp_path / "in.csv").write_text('formula\n"always[0,5] ( x_0 <= 1.0 )"\n( x_1 >= 0.5 or x_2 <= -0.3 )\n')
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "stldec.cli", "decode", "--model", str(model), "--input", str(tmp_path / "in.csv"),
-           "--output", str(out), "--strategy", "rerank", "--k", "3", "--constrained", "--nbest", "2",
-           "--dialect", "textbook"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+           "--output", str(out)]
+    run = subprocess.run(cmd + ["--strategy", "rerank", "--k", "3", "--constrained", "--nbest", "2", "--dialect",
+                                "textbook"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["formula"] for r in rows] == ["always[0,5] ( x_0 <= 1.0 )", "( x_1 >= 0.5 or x_2 <= -0.3 )"]
     assert all(parse(r["decoded"], dialect="textbook") for r in rows)
     assert all(len(json.loads(r["nbest"])) == 2 for r in rows)
     assert not list(tmp_path.glob("*.parts.jsonl"))  # removed once the output is written
-    bad = subprocess.run(cmd[:-6] + ["--encoder", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "encoder_config.json" in bad.stderr
+    enc = load_model_encoder(model)  # the same anchors with other trajectories: refused
+    StlKernelEncoder(enc.anchors, n_trajectories=enc.n_trajectories + 1, n_points=enc.n_points).save_pretrained(
+        tmp_path / "other")
+    bad = subprocess.run(cmd + ["--encoder", str(tmp_path / "other")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "trained with encoder" in bad.stderr
