@@ -23,15 +23,16 @@ equals the published code: each node is defined on its domain only (a bounded wi
 domain, values are always finite, and samples outside the root's domain are NaN with `at="all"`.
 
 Memory: a chunk of `c` trajectories uses `plan.bytes_per_trajectory() * c` bytes (arena high-water mark plus the
-largest group's scratch: (levels+1) * rows * T values, twice for until), in one buffer the plan keeps between calls
-(so a plan is not thread-safe). `chunk_size=None` picks `c` to stay under `max_bytes` (default 256 MiB) whatever N
-is; e.g. the 1024 published anchors at T=100 need about 2.3 MB per trajectory (chunks of ~118). The result itself
-is (B, N) or (B, N, T). Plans are cached per (formulae, T, convention, device) by `compile_plan`.
+largest group's scratch: (levels+1) * rows * T values, twice for until), in a per-thread buffer kept between calls
+(the largest chunk's size; `release_workspace()` frees it). `chunk_size=None` picks `c` to stay under `max_bytes`
+(default 256 MiB) whatever N is; e.g. the 1024 published anchors at T=100 need about 2.3 MB per trajectory (chunks
+of ~118). The result itself is (B, N) or (B, N, T). Plans are cached per (formulae, T, convention, device, at).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ from .formula import Always, And, Atom, Eventually, Formula, Not, Or, Until, as_
 CONVENTIONS = ("reference", "textbook")
 POS, NEG = 0, 1  # arena/workspace slots holding +inf and -inf
 MAX_ROWS = 256  # most nodes evaluated by one group op
+_LOCAL = threading.local()  # per-thread workspace buffers, by (device, dtype)
 
 
 def _log2(n: int) -> int:
@@ -170,7 +172,6 @@ class RobustnessPlan:
         self.groups = [self._group(*kind, members, ir, pos, slot, max(need[i] for i in members))
                        for kind, members in order]
         self.scratch = max((g.scratch for g in self.groups), default=0)
-        self._buffer: torch.Tensor | None = None  # reused across calls: a plan is not thread-safe
         self.roots = torch.tensor([pos[r] for r in roots], device=self.device)
         self.root_slots = torch.tensor([slot[r] for r in roots], device=self.device)
         self.root_len = torch.tensor([T - ir.dh[r] for r in roots], device=self.device)
@@ -319,11 +320,13 @@ class RobustnessPlan:
         return (2 + self.n_nodes * self.T + self.scratch) * itemsize
 
     def _workspace(self, N: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(arena, scratch) views of one buffer kept between calls (fresh large allocations cost page faults)."""
+        """(arena, scratch) views of a per-thread buffer kept between calls (fresh large allocations cost page
+        faults); it grows to the largest chunk seen and is shared by all plans."""
         size = (2 + self.n_nodes * self.T + self.scratch) * N
-        b = self._buffer
-        if b is None or b.numel() < size or b.dtype != like.dtype or b.device != like.device:
-            b = self._buffer = like.new_empty(size)
+        buffers = _LOCAL.__dict__.setdefault("buffers", {})
+        b = buffers.get((like.device, like.dtype))
+        if b is None or b.numel() < size:
+            b = buffers[like.device, like.dtype] = like.new_empty(size)
         arena = b[: (2 + self.n_nodes * self.T) * N].view(-1, N)
         return arena, b[arena.numel() : size].view(-1, N)
 
@@ -412,6 +415,11 @@ class RobustnessPlan:
             tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 1) * rows * T + 3 * rows * g.Tg]
             f = torch.index_select(src, 0, g.idx["final"], out=tmp).view(3, rows, g.Tg, N)
             torch.minimum(torch.minimum(f[0], f[1]), f[2], out=out[:, : g.Tg])
+
+
+def release_workspace() -> None:
+    """Free this thread's cached workspace buffers (they are otherwise kept for the next call)."""
+    _LOCAL.__dict__.pop("buffers", None)
 
 
 @functools.lru_cache(maxsize=8)
