@@ -36,6 +36,7 @@ import platform
 import re
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,8 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
     set) is reused instead of recomputed unless `force`. report: folder for report.md + plots (+ predictions.csv when
     there is no registry). Returns compute_metrics' dict plus `run` (the registry row), `reused` and `conflict`.
     """
+    import pandas as pd
+
     from .data import load_formulae
     from .decoding import DecodingConfig, check_encoder, decode, load_model_encoder
     from .modeling import StlDecConfig, StlDecForCausalLM
@@ -319,11 +322,8 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
     reg = Registry(registry) if registry is not None else None
     old = reg.get(run["key"]) if reg is not None and not force else None
     if old is not None and reg.outputs_path(old).is_file():
-        import pandas as pd
-
         rows = pd.read_parquet(reg.outputs_path(old)).to_dict(orient="records")
-        result = {"overall": old["metrics"]["overall"], "by_depth": old["metrics"]["by_depth"], "rows": rows,
-                  "run": old, "reused": True, "conflict": None}
+        result = {**old["metrics"], "rows": rows, "run": old, "reused": True, "conflict": None}
     else:
         model = StlDecForCausalLM.from_pretrained(model_dir).to(device or encoder.device)
         tokenizer = StlTokenizer.from_pretrained(model_dir) if (model_dir / "vocab.json").is_file() else StlTokenizer()
@@ -339,29 +339,22 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
         result = compute_metrics(gold, decoded, encoder=encoder if embedding_metrics else None,
                                  gold_embeddings=embeddings, n_trajectories=n_trajectories, seed=metric_seed,
                                  n_vars=encoder.n_vars, n_points=encoder.n_points, depths=depths)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         run.update(test_path=str(test_path), n=len(gold), metrics={k: result[k] for k in ("overall", "by_depth")},
+                   outputs=f"outputs/{run['key'][:16]}-{stamp}.parquet",  # a rejected rerun never overwrites
                    info=dict(decode_seconds=round(seconds, 3), formulae_per_second=round(len(gold) / seconds, 2),
                              device=str(model.device), host=platform.node()))
         result.update(run=run, reused=False, conflict=None)
         if reg is not None:
-            import pandas as pd
-
-            run["outputs"] = f"outputs/{run['key'][:16]}.parquet"
             pd.DataFrame(result["rows"]).to_parquet(reg.outputs_path(run), index=False)
             result["conflict"] = reg.add(run)
+            if not result["conflict"] and reg.get(run["key"])["outputs"] != run["outputs"]:
+                reg.outputs_path(run).unlink()  # an identical rerun (--force): the stored outputs stand
             parts.unlink()
     if report is not None:
-        history = []
-        if reg is not None:
-            root = lambda p: re.sub(r"/checkpoint-\d+$", "", p)  # noqa: E731  the run folder of a checkpoint
-            same = ("strategy", "settings", "test_hash", "metric_settings")
-            history = [r for r in reg.runs() if root(r["model"]) == root(result["run"]["model"])
-                       and all(r.get(k) == result["run"].get(k) for k in same if k in r)]
-        else:
-            import pandas as pd
-
+        if reg is None:
             Path(report).mkdir(parents=True, exist_ok=True)
             pd.DataFrame(result["rows"]).to_csv(Path(report) / "predictions.csv", index=False)
-        write_report(report, result, run=result["run"], history=history,
+        write_report(report, result, run=result["run"], history=reg.checkpoints_of(result["run"]) if reg else (),
                      reference=published_reference(str(test_path)))
     return result

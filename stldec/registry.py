@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -124,6 +125,13 @@ class Registry:
         """Absolute path of a run's per-formula outputs file."""
         return self.path.parent / run["outputs"]
 
+    def checkpoints_of(self, run: Mapping) -> list[dict]:
+        """Runs of the same training run folder (the model or its `checkpoint-N` siblings) with the same strategy,
+        decoding and metric settings and test set as `run`: the history a report plots over training steps."""
+        root = lambda path: re.sub(r"/checkpoint-\d+$", "", path)  # noqa: E731
+        same = ("strategy", "settings", "metric_settings", "test_hash")
+        return [r for r in self.runs() if root(r["model"]) == root(run["model"]) and all(r[k] == run[k] for k in same)]
+
     def add(self, run: Mapping) -> dict | None:
         """Insert a run (all `_COLUMNS` but `created`, JSON fields as dicts). An identical key with equal metrics is
         a no-op; with different metrics the stored run is kept and a conflict dict is returned."""
@@ -136,7 +144,8 @@ class Registry:
         if old is not None:
             diffs = metrics_differ(old["metrics"], row["metrics"])
             return {"key": row["key"], "model": row["model"], "step": row["step"], "strategy": row["strategy"],
-                    "differences": diffs, "kept": old["created"], "rejected": row["created"]} if diffs else None
+                    "differences": diffs, "kept": old["created"], "rejected": row["created"],
+                    "rejected_outputs": row["outputs"]} if diffs else None
         enc = {k: json.dumps(row[k], sort_keys=True) if k in _JSON else row[k]
                for k in _COLUMNS}
         with self._connect() as db:
@@ -172,5 +181,6 @@ def format_conflicts(conflicts: list[dict]) -> str:
     """One line per conflict, for the console."""
     return "\n".join(f"CONFLICT {c['key'][:12]} model={c['model']} step={c['step']} strategy={c['strategy']}: "
                      f"{', '.join(c['differences'][:6])}{' ...' if len(c['differences']) > 6 else ''} differ; kept the "
-                     f"entry of {c['kept']}, rejected {c.get('source', 'the new run')} ({c['rejected']})"
+                     f"entry of {c['kept']}, rejected {c.get('source', 'the new run')} ({c['rejected']}, outputs "
+                     f"{c['rejected_outputs']})"
                      for c in conflicts)

@@ -182,6 +182,10 @@ def test_evaluate_cli_end_to_end(saved_model, capsys):
     # the same run with settings written differently (greedy ignores temperature) is reused, not recomputed
     main([*base, "--model", str(root / "run" / "checkpoint-20"), "--temperature", "0.3", "--batch_size", "2"])
     assert "reused from the registry" in capsys.readouterr().out and len(Registry(reg).runs()) == 2
+    main([*base, "--model", str(root / "run" / "checkpoint-20"), "--force"])  # recomputed: same outputs, no conflict
+    captured = capsys.readouterr()
+    assert "reused" not in captured.out and "CONFLICT" not in captured.err
+    assert len(Registry(reg).runs()) == 2 and len(list(reg.parent.glob("outputs/*.parquet"))) == 2
 
 
 def test_evaluate_refuses_another_encoder(saved_model):
