@@ -68,7 +68,8 @@ def _git_commit() -> dict:
 
 
 def run_record(args) -> dict:
-    """Code version, command, package versions and hardware of this launch."""
+    """Code version, command, package versions and hardware of this launch (`train` adds the resolved model config
+    and TrainingArguments)."""
     versions = {}
     for pkg in ("stldec", "torch", "transformers", "accelerate", "datasets", "safetensors", "numpy"):
         try:
@@ -186,7 +187,9 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
             shutil.rmtree(p, ignore_errors=True)
         experiment.save(out / "experiment.yaml")
         with open(out / "runs.jsonl", "a") as f:
-            f.write(json.dumps({**run_record(args), "resume_from": str(resume) if resume else None}) + "\n")
+            f.write(json.dumps({**run_record(args), "resume_from": str(resume) if resume else None,
+                                "model_config": config.to_diff_dict(),
+                                "training_arguments": json.loads(args.to_json_string())}) + "\n")
         if resume is not None and (out / "metrics.jsonl").is_file():  # drop lines the interrupted run logged later
             step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
             lines = (out / "metrics.jsonl").read_text().splitlines()
