@@ -6,6 +6,8 @@ embedding through its own Linear(embedding_dim, hidden) as one memory vector (`e
 the reference design). Rows:
 - generate(): greedy, exactly `--new_tokens` new tokens from BOS, batch 1 and 32, cache on/off; tokens/s = new
   tokens per second (best of `--repeats`, runs of the two models interleaved);
+- formulae/s of cached greedy generate() at batch 32 when each formula takes the test set's mean length in our
+  tokens vs in the reference scheme (spaces as tokens, `token_stats.reference_tokens`): what shorter sequences buy;
 - training step (forward + backward + AdamW) at batch 32 on formulae of the 3000-formula test set, dynamic padding;
   tokens/s counts real (non-padding) tokens.
 
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from token_stats import reference_tokens
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from stldec import StlDecConfig, StlDecForCausalLM, StlTokenizer
@@ -134,8 +137,17 @@ def main() -> None:
     with open(args.test, newline="") as f:
         formulae = [row["formula"] for row in csv.DictReader(f)]
     formulae = [formulae[i] for i in torch.randperm(len(formulae)).tolist()]
-    r = bench_train(models, formulae, StlTokenizer(), 32, args.train_steps, args.device)
+    tok = StlTokenizer()
+    r = bench_train(models, formulae, tok, 32, args.train_steps, args.device)
     print(f"| training step (real tokens/s) | 32 | {r['ours']:.0f} | {r['gpt2']:.0f} | {r['ours'] / r['gpt2']:.2f} |")
+
+    print("\n| tokenisation | mean tokens per test formula (with BOS, EOS) | stldec formulae/s, batch 32, cached |")
+    print("|---|---|---|")
+    lengths = {"StlTokenizer": sum(len(ids) for ids in tok(formulae)["input_ids"]) / len(formulae),
+               "reference scheme (spaces as tokens)": sum(len(reference_tokens(f)) for f in formulae) / len(formulae)}
+    for name, length in lengths.items():
+        r = bench_generate({"ours": models["ours"]}, 32, round(length) - 1, True, args.repeats, args.device)
+        print(f"| {name} | {length:.1f} | {r['ours'] / (round(length) - 1):.2f} |", flush=True)
 
 
 if __name__ == "__main__":
