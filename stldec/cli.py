@@ -201,14 +201,27 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--shard_size", type=int, default=2048, help="formulae per shard")
     b.add_argument("--device", help="cpu, cuda, ... for the encoder (default: cuda when available)")
+    e = sub.add_parser("encoder", help="make a kernel encoder and save it (with its anchor robustness) to a folder")
+    e.add_argument("--anchors", help="anchor file, one formula per line (default: the package's own set)")
+    e.add_argument("--n_trajectories", type=int, default=100_000)
+    e.add_argument("--n_points", type=int, default=100)
+    e.add_argument("--n_vars", type=int, default=3)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", required=True, help="folder for encoder_config.json, anchors.txt, anchor robustness")
 
 
 @_command("data", _data_arguments)
 def data(args: argparse.Namespace) -> None:
-    """Dataset tools: `stldec data build` makes a training set of generated, embedded formulae."""
+    """Dataset tools: `stldec data encoder` saves a kernel encoder, `stldec data build` makes a training set."""
     from .data import build_dataset, load_formulae
     from .stl import StlKernelEncoder
 
+    if args.data_command == "encoder":
+        encoder = StlKernelEncoder(args.anchors, n_trajectories=args.n_trajectories, n_points=args.n_points,
+                                   n_vars=args.n_vars, seed=args.seed)
+        encoder.save_pretrained(args.out, save_robustness=True)
+        print(f"saved {encoder.fingerprint} to {args.out}")
+        return
     try:
         encoder = StlKernelEncoder.from_pretrained(args.encoder, device=args.device)
         out = build_dataset(args.out, args.n, encoder, preset=args.preset, seed=args.seed, shard_size=args.shard_size)
