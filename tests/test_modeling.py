@@ -96,6 +96,8 @@ def test_cached_equals_uncached(attn, memory_tokens):
         cached = m.generate(formula_embedding=emb, max_new_tokens=24, min_new_tokens=24, **kwargs)
         uncached = m.generate(formula_embedding=emb, max_new_tokens=24, min_new_tokens=24, use_cache=False, **kwargs)
         assert torch.equal(cached, uncached)
+    static = m.generate(formula_embedding=emb, max_new_tokens=24, min_new_tokens=24, cache_implementation="static")
+    assert torch.equal(static, m.generate(formula_embedding=emb, max_new_tokens=24, min_new_tokens=24))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention compiles for ~1 min on CPU")
