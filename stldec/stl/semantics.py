@@ -128,7 +128,6 @@ class _Group:
     T: int
     Tg: int  # samples of the output that are needed (the rest of the arena rows is left as is)
     Tt: int  # samples of the table / input window
-    Tv: int  # samples of V, the until over [u, u+w)
     start: int  # first arena node of the group's output (outputs are contiguous)
     rows: int
     idx: dict[str, torch.Tensor]  # precomputed slot indices
@@ -139,7 +138,7 @@ class _Group:
     def scratch(self) -> int:
         """Workspace slots (rows of N values) the group needs beyond the arena."""
         n, K = self.rows * self.T, len(self.levels) + 1
-        return {"F": 2 + K * n + 2 * n, "G": 2 + K * n + 2 * n, "U": 2 + (2 * K + 1) * n + 4 * n}.get(self.op, 2 * n)
+        return {"F": 2 + K * n + 2 * n, "G": 2 + K * n + 2 * n, "U": 2 + (2 * K + 1) * n + 6 * n}.get(self.op, 2 * n)
 
 
 class RobustnessPlan:
@@ -262,7 +261,7 @@ class RobustnessPlan:
         T, dev, rows = self.T, self.device, len(members)
         idx, levels, extra = {}, [], {}
         nodes = [ir.nodes[i] for i in members]
-        Tt = Tv = Tg
+        Tt = Tg
         if op == "atom":
             var, thr, lte = zip(*(p for _, _, p in nodes))
             sgn = torch.tensor([-1.0 if x else 1.0 for x in lte], dtype=torch.float64)
@@ -281,7 +280,6 @@ class RobustnessPlan:
             p2 = lambda e: torch.ones_like(e) << e  # noqa: E731
             # outputs t < Tg read the table up to Tg-1 + a+w-1; past that (or the end of the trace) nothing is read
             Tt = T if suffix else min(T, Tg + int((a + w).max()) - 1)
-            Tv = T if suffix else Tt if shifted else Tg
             t = torch.arange(Tg)
 
             def fetch(child: int, shift, fill: int):  # (rows*Tt,) arena slots of child[t+shift], fill past its end
@@ -297,23 +295,24 @@ class RobustnessPlan:
             else:  # until: table (K, 2, rows, T) of compositions (A, B), then V(u) for the window, then shift by a
                 idx["phi"], idx["psi"] = fetch(0, 0, POS), fetch(1, 0, NEG)
                 tab = lambda lev, ab, s: 2 + ((lev * 2 + ab) * rows + g) * Tt + torch.clamp(s, max=Tt - 1)  # noqa: E731
-                if not suffix:
-                    t = torch.arange(Tv)
+                t = torch.arange(Tg)
+                m1 = [tab(i, 1, t), tab(i, 1, t + a - p2(i))]  # min phi over [t, t+a-1] (a > 0)
+                if suffix and shifted:  # V is a scan, then min with m1 and shift by a
+                    v_at = torch.where(t + a < T, 2 + K * 2 * rows * Tt + g * T + torch.clamp(t + a, max=T - 1), NEG)
+                    idx["final"] = torch.cat([*m1, v_at]).flatten()
+                elif not suffix:  # V(u) from four lookups at u = t + a (-inf past the trace), min with m1 if a > 0
+                    u = t + a
                     L = w - p2(k)
                     j = torch.tensor([_log2(x) for x in L.flatten().tolist()]).view(-1, 1)
-                    has_l = L > 0
-                    t1 = tab(k, 0, t)
-                    t2 = torch.where(has_l, tab(j, 1, t), tab(0, 1, t))
-                    t3 = torch.where(has_l, tab(j, 1, t + L - p2(j)), tab(0, 1, t))
-                    t4 = torch.where(has_l, tab(k, 0, t + L), t1)
-                    idx["v"] = torch.cat([t1, t2, t3, t4]).flatten()
-                if shifted:
-                    t = torch.arange(Tg)
-                    v_at = torch.where(t + a < T, 2 + K * 2 * rows * Tt + g * Tv + torch.clamp(t + a, max=Tv - 1), NEG)
-                    idx["final"] = torch.cat([tab(i, 1, t), tab(i, 1, t + a - p2(i)), v_at]).flatten()
+                    has_l, inside = L > 0, u < T
+                    t1 = torch.where(inside, tab(k, 0, u), NEG)
+                    t2 = torch.where(has_l & inside, tab(j, 1, u), POS)
+                    t3 = torch.where(has_l & inside, tab(j, 1, u + L - p2(j)), POS)
+                    t4 = torch.where(has_l & inside, tab(k, 0, u + L), NEG)
+                    idx["final"] = torch.cat([t1, t2, t3, t4, *(m1 if shifted else [])]).flatten()
         idx = {name: v.to(dev) for name, v in idx.items()}
         extra = {name: v.to(dev) if isinstance(v, torch.Tensor) else v for name, v in extra.items()}
-        return _Group(op, suffix, shifted, T, Tg, Tt, Tv, pos[members[0]], rows, idx, levels, extra)
+        return _Group(op, suffix, shifted, T, Tg, Tt, pos[members[0]], rows, idx, levels, extra)
 
     def bytes_per_trajectory(self, itemsize: int = 4) -> int:
         """Workspace bytes per trajectory of a chunk: the arena plus the largest group's scratch."""
@@ -383,7 +382,7 @@ class RobustnessPlan:
         op(both[0], both[1], out=out[:, : g.Tg])
 
     def _until_group(self, g: _Group, arena: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
-        T, N, rows, K, Tv = g.Tt, arena.shape[1], g.rows, len(g.levels) + 1, g.Tv
+        T, N, rows, K = g.Tt, arena.shape[1], g.rows, len(g.levels) + 1
         ws[:2] = arena[:2]
         tab = ws[2 : 2 + 2 * K * rows * T].view(K, 2, rows, T, N)  # (A, B) of the composition over [t, t+2^lev)
         torch.index_select(arena, 0, g.idx["phi"], out=tab[0, 1].view(-1, N))
@@ -398,23 +397,26 @@ class RobustnessPlan:
                 torch.maximum(A[:, : T - d], torch.minimum(B[:, : T - d], A[:, d:], out=tmp), out=dst[0, :, : T - d])
                 torch.minimum(B[:, : T - d], B[:, d:], out=dst[1, :, : T - d])
             dst[:, :, max(T - d, 0) :] = src[:, :, max(T - d, 0) :]
-        src = ws[: 2 + 2 * K * rows * T + rows * Tv]  # fills, table and V
-        v = src[2 + 2 * K * rows * T :].view(rows, Tv, N) if g.shifted else out[:, :Tv]  # V(u): until over [u, u+w)
+        src, tmp = ws[: 2 + (2 * K + 1) * rows * T], ws[2 + (2 * K + 1) * rows * T :]  # fills, table, V; temporaries
         if g.suffix:  # backward scan V(u) = max(A_u, min(B_u, V(u+1))) = clamp(V(u+1), A_u, max(A_u, B_u))
+            v = src[2 + 2 * K * rows * T :].view(rows, T, N) if g.shifted else out
             A, B = tab[0, 0], tab[0, 1]
             if self.convention == "textbook":  # strict: A = psi may exceed B = phi
-                B = torch.maximum(A, B, out=ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 2) * rows * T].view_as(A))
+                B = torch.maximum(A, B, out=tmp[: rows * T].view_as(A))
             v[:, T - 1] = A[:, T - 1]
             for u in range(T - 2, -1, -1):
                 torch.clamp(v[:, u + 1], min=A[:, u], max=B[:, u], out=v[:, u])
-        else:
-            tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 1) * rows * T + 4 * rows * Tv]
-            t = torch.index_select(src, 0, g.idx["v"], out=tmp).view(4, rows, Tv, N)
-            torch.maximum(t[0], torch.minimum(torch.minimum(t[1], t[2]), t[3]), out=v)
-        if g.shifted:
-            tmp = ws[2 + (2 * K + 1) * rows * T : 2 + (2 * K + 1) * rows * T + 3 * rows * g.Tg]
-            f = torch.index_select(src, 0, g.idx["final"], out=tmp).view(3, rows, g.Tg, N)
-            torch.minimum(torch.minimum(f[0], f[1]), f[2], out=out[:, : g.Tg])
+            if g.shifted:
+                f = torch.index_select(src, 0, g.idx["final"], out=tmp[: 3 * rows * g.Tg]).view(3, rows, g.Tg, N)
+                torch.minimum(torch.minimum(f[0], f[1]), f[2], out=out[:, : g.Tg])
+            return
+        n = 6 if g.shifted else 4
+        f = torch.index_select(src, 0, g.idx["final"], out=tmp[: n * rows * g.Tg]).view(n, rows, g.Tg, N)
+        v = torch.minimum(torch.minimum(f[1], f[2]), f[3])
+        if not g.shifted:
+            torch.maximum(f[0], v, out=out[:, : g.Tg])
+            return
+        torch.minimum(torch.minimum(f[4], f[5]), torch.maximum(f[0], v), out=out[:, : g.Tg])
 
 
 def release_workspace() -> None:
