@@ -295,7 +295,6 @@ class RobustnessPlan:
             else:  # until: table (K, 2, rows, T) of compositions (A, B), then V(u) for the window, then shift by a
                 idx["phi"], idx["psi"] = fetch(0, 0, POS), fetch(1, 0, NEG)
                 tab = lambda lev, ab, s: 2 + ((lev * 2 + ab) * rows + g) * Tt + torch.clamp(s, max=Tt - 1)  # noqa: E731
-                t = torch.arange(Tg)
                 m1 = [tab(i, 1, t), tab(i, 1, t + a - p2(i))]  # min phi over [t, t+a-1] (a > 0)
                 if suffix and shifted:  # V is a scan, then min with m1 and shift by a
                     v_at = torch.where(t + a < T, 2 + K * 2 * rows * Tt + g * T + torch.clamp(t + a, max=T - 1), NEG)
