@@ -126,6 +126,7 @@ def _plot(by_depth, path: Path) -> None:
     for ax, metric in zip(axes, ("cos_rho_mean", "validity")):
         for (mixture, test), g in by_depth.groupby(["mixture", "test"]):
             ax.plot(g["depth"], g[metric], marker="o", label=f"{mixture} / {test}")
+        ax.set_ylim(min(0.0, by_depth[metric].min()) - 0.02, 1.02)
         ax.set_xlabel("gold depth")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
