@@ -2,9 +2,11 @@
 
     model:     head (decoder | gpt | mlm), preset (tiny | small | base | base-512) or config (a config.json or a model
                folder), init_from (a model/checkpoint folder whose weights start the run: fine-tuning, e.g. a decoder
-               from a GPT trunk), and any StlDecConfig field as an override (hidden_size: 96, ...).
+               from a GPT trunk), and any StlDecConfig field as an override (hidden_size: 96, ...); or just the
+               path of a config.json.
     data:      see `DataSpec` (files or generated data, the kernel encoder, the stream).
-    training:  HF `TrainingArguments` fields by their own names (learning_rate, max_steps, save_steps, ...).
+    training:  HF `TrainingArguments` fields by their own names (learning_rate, max_steps, save_steps, ...), or the
+               path of a train_config.json/.yaml holding them.
     rewarm_from: optional checkpoint folder: start from its weights and optimizer state with a new LR schedule whose
                warm-up begins at the checkpoint's learning rate.
 
@@ -57,6 +59,16 @@ class DataSpec:
     mlm_probability: float = 0.15
 
 
+def _read_mapping(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"file {str(p)!r} not found")
+    d = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    if not isinstance(d, dict):
+        raise ValueError(f"{p}: expected a mapping of field names to values")
+    return d
+
+
 def _suggest(name: str, valid) -> str:
     close = difflib.get_close_matches(name, list(valid), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -90,6 +102,10 @@ class Experiment:
     rewarm_from: str | None = None
 
     def __post_init__(self):
+        if isinstance(self.model, str):  # a config.json (or model folder) for the model
+            self.model = {"config": self.model}
+        if isinstance(self.training, str):  # a train_config.json / .yaml of TrainingArguments fields
+            self.training = _read_mapping(self.training)
         if isinstance(self.data, dict):
             _check_keys("data", self.data, {f.name for f in dataclasses.fields(DataSpec)})
             self.data = DataSpec(**self.data)
@@ -109,14 +125,7 @@ class Experiment:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Experiment:
         """Read a .yaml/.yml/.json experiment file; relative data/model paths are taken relative to the current dir."""
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"experiment file {str(p)!r} not found")
-        text = p.read_text()
-        d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-        if not isinstance(d, dict):
-            raise ValueError(f"{p}: expected a mapping with sections {SECTIONS}")
-        return cls.from_dict(d)
+        return cls.from_dict(_read_mapping(path))
 
     def to_dict(self) -> dict:
         d = {"model": dict(self.model), "data": dataclasses.asdict(self.data), "training": dict(self.training)}
