@@ -13,7 +13,7 @@ ANCHORS = ["x_0 >= 0.1", "eventually[0,4] ( x_1 <= 0.0 )", "( x_2 >= 0.3 until[1
            "always[2,inf] ( ( x_0 <= 0.5 or x_1 >= -0.2 ) )", "not ( ( x_1 >= 0.0 until x_2 <= 0.4 ) )"]
 PHIS = ["always[0,3] ( x_0 >= -0.2 )", "x_1 <= 0.4", "( eventually[1,6] ( x_2 >= 0.1 ) and x_0 <= 1.0 )",
         "eventually ( not ( x_1 <= -0.3 ) )", "( x_0 >= -1.0 until[0,inf] always[0,2] ( x_1 >= 0.2 ) )"]
-SMALL = dict(n_trajectories=700, n_points=30)
+SMALL = dict(n_trajectories=400, n_points=30)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_chunked_equals_unchunked(enc):
 def test_save_load_identical(enc, tmp_path, save_robustness):
     enc.save_pretrained(tmp_path, save_robustness=save_robustness)
     cfg = json.loads((tmp_path / "encoder_config.json").read_text())
-    assert cfg["fingerprint"] == enc.fingerprint and cfg["n_trajectories"] == 700 and "stldec_version" in cfg
+    assert cfg["fingerprint"] == enc.fingerprint and cfg["n_trajectories"] == 400 and "stldec_version" in cfg
     assert (tmp_path / "anchor_robustness.safetensors").is_file() == save_robustness
     loaded = StlKernelEncoder.from_pretrained(tmp_path)
     assert loaded.fingerprint == enc.fingerprint and loaded.anchors == enc.anchors
@@ -96,7 +96,7 @@ def test_default_anchor_set():
 
 
 def test_fingerprint_tracks_every_parameter(enc):
-    changed = [dict(n_trajectories=701), dict(n_points=31), dict(n_vars=4), dict(sigma2=0.5), dict(seed=1),
+    changed = [dict(n_trajectories=401), dict(n_points=31), dict(n_vars=4), dict(sigma2=0.5), dict(seed=1),
                dict(convention="textbook")]
     prints = {StlKernelEncoder(ANCHORS, **{**SMALL, **c}).fingerprint for c in changed}
     prints.add(StlKernelEncoder(ANCHORS[:4], **SMALL).fingerprint)
