@@ -60,8 +60,8 @@ class StlGrammar:
 
     def __init__(self, *, n_vars: int = 3, max_horizon: int | None = None, dialect: str = "reference",
                  eos_token: str = "</s>"):
-        if n_vars < 1:
-            raise ValueError(f"n_vars must be >= 1, got {n_vars}")
+        if n_vars < 1 or (max_horizon is not None and max_horizon < 0):
+            raise ValueError(f"need n_vars >= 1 and max_horizon >= 0 (or None), got {n_vars} and {max_horizon}")
         if dialect not in ("reference", "textbook"):
             raise ValueError(f"unknown dialect {dialect!r}; expected 'reference' or 'textbook'")
         self.n_vars, self.eos = n_vars, eos_token
