@@ -1,6 +1,7 @@
 """Evaluation metrics on hand-made cases: invalid outputs, equivalent texts, skeletons, artefacts, depth breakdown."""
 
 import math
+import sqlite3
 
 import pytest
 import torch
@@ -186,6 +187,13 @@ def test_evaluate_cli_end_to_end(saved_model, capsys):
     captured = capsys.readouterr()
     assert "reused" not in captured.out and "CONFLICT" not in captured.err
     assert len(Registry(reg).runs()) == 2 and len(list(reg.parent.glob("outputs/*.parquet"))) == 2
+    with sqlite3.connect(reg) as db:  # another machine's different result for the same key, merged earlier
+        db.execute("UPDATE runs SET metrics = replace(metrics, '\"validity\": 1.0', '\"validity\": 0.5')")
+    main([*base, "--model", str(root / "run" / "checkpoint-20"), "--force"])
+    err = capsys.readouterr().err
+    assert "CONFLICT" in err and "overall.validity" in err
+    assert {r["metrics"]["overall"]["validity"] for r in Registry(reg).runs()} == {0.5}  # kept, not overwritten
+    assert len(list(reg.parent.glob("outputs/*.parquet"))) == 3  # the rejected rerun's outputs are kept aside
 
 
 def test_evaluate_refuses_another_encoder(saved_model):
