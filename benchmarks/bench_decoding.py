@@ -4,10 +4,10 @@
 
 Embeds a slice of a test file (default ../shared/data/balanced_test_3000.csv, rows whose horizon fits the model's
 encoder) with the model's own kernel encoder, then decodes it in the same run with: the one-formula-at-a-time greedy
-loop of the research code (generate() per embedding), batched greedy, beam 4, grammar-constrained greedy, and
-re-ranking with k = 8 beam candidates (constrained). Each line gives formulae/s (decoding only; re-ranking includes
-re-embedding its candidates), validity, mean cos_rho (1000 trajectories) and the mean cosine distance of the decoded
-formula's embedding to the target.
+loop of the research code (generate() per embedding, on the first `loop_n` rows), batched greedy, beam 4,
+grammar-constrained greedy and beam 4, and re-ranking with k = 8 beam candidates (constrained). Each line gives
+formulae/s (decoding only; re-ranking includes re-embedding its candidates), validity, mean cos_rho (1000
+trajectories) and the mean cosine distance of the decoded formula's embedding to the target.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def main() -> None:
         "greedy": dict(),
         "beam 4": dict(strategy="beam", num_beams=4),
         "constrained greedy": constraints,
+        "constrained beam 4": dict(strategy="beam", num_beams=4, **constraints),
         "rerank k=8 (beam, constrained)": dict(strategy="rerank", k=8, **constraints),
     }
     decode(model, tokenizer, embeddings[:4], progress=False)  # warm-up
