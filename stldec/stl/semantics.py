@@ -341,7 +341,7 @@ class RobustnessPlan:
             if g.op == "atom":
                 sgn, bias = g.extra["sgn"].to(x.dtype), g.extra["bias"].to(x.dtype)
                 for v, r0, r1 in g.extra["vars"]:  # sgn * x_v - sgn * c, exactly x_v - c or c - x_v
-                    torch.addcmul(bias[r0:r1], xt[v, : g.Tg], sgn[r0:r1], out=head[r0:r1])
+                    torch.add(torch.mul(xt[v, : g.Tg], sgn[r0:r1], out=head[r0:r1]), bias[r0:r1], out=head[r0:r1])
             elif g.op == "not":
                 torch.neg(torch.index_select(part, 0, g.idx["c0"], out=tmp[0]), out=head)
             elif g.op in ("and", "or"):
@@ -366,10 +366,10 @@ class RobustnessPlan:
         tab = ws[2 : 2 + K * rows * T].view(K, rows, T, N)
         torch.index_select(arena, 0, g.idx["fetch"], out=tab[0].view(-1, N))
         if g.suffix:  # backward scan: out(t) = op(child(t+a), out(t+1))
-            c = tab[0]
-            out[:, T - 1] = c[:, T - 1]
+            c, o = tab[0].unbind(1), out.unbind(1)  # T views (rows, N) each, made in one call
+            o[T - 1].copy_(c[T - 1])
             for u in range(T - 2, -1, -1):
-                op(c[:, u], out[:, u + 1], out=out[:, u])
+                op(c[u], o[u + 1], out=o[u])
             return
         for lev, n in enumerate(g.levels):
             d, src, dst = 1 << lev, tab[lev, :n], tab[lev + 1, :n]
@@ -402,9 +402,10 @@ class RobustnessPlan:
             A, B = tab[0, 0], tab[0, 1]
             if self.convention == "textbook":  # strict: A = psi may exceed B = phi
                 B = torch.maximum(A, B, out=tmp[: rows * T].view_as(A))
-            v[:, T - 1] = A[:, T - 1]
+            v, A, B = v.unbind(1), A.unbind(1), B.unbind(1)
+            v[T - 1].copy_(A[T - 1])
             for u in range(T - 2, -1, -1):
-                torch.clamp(v[:, u + 1], min=A[:, u], max=B[:, u], out=v[:, u])
+                torch.clamp(v[u + 1], min=A[u], max=B[u], out=v[u])
             if g.shifted:
                 f = torch.index_select(src, 0, g.idx["final"], out=tmp[: 3 * rows * g.Tg]).view(3, rows, g.Tg, N)
                 torch.minimum(torch.minimum(f[0], f[1]), f[2], out=out[:, : g.Tg])
