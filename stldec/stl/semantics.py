@@ -43,6 +43,8 @@ from .formula import Always, And, Atom, Eventually, Formula, Not, Or, Until, as_
 CONVENTIONS = ("reference", "textbook")
 POS, NEG = 0, 1  # arena/workspace slots holding +inf and -inf
 MAX_ROWS = 256  # most nodes evaluated by one group op
+ROW_OPS = 8192  # from this many values per node row (Tg * N), a group does one op per node on arena views instead
+# of gathering copies: fewer memory passes, more (cheap, at that size) op dispatches
 _LOCAL = threading.local()  # per-thread workspace buffers, by (device, dtype)
 
 
@@ -271,6 +273,7 @@ class RobustnessPlan:
         elif op in ("not", "and", "or"):
             for k in range(len(nodes[0][1])):
                 idx[f"c{k}"] = torch.tensor([pos[ch[k]] for _, ch, _ in nodes])
+            extra = {"children": [[pos[c] for c in ch] for _, ch, _ in nodes]}
         else:
             a, w, k, i, need = (torch.tensor(c).view(-1, 1) for c in zip(*(self._rows(nd) for nd in nodes)))
             levels = [int((need > j).sum()) for j in range(int(need.max()))]
@@ -292,6 +295,7 @@ class RobustnessPlan:
                 tab = lambda lev, s: 2 + (lev * rows + g) * Tt + torch.clamp(s, max=Tt - 1)  # noqa: E731
                 if not suffix:
                     idx["final"] = torch.cat([tab(k, t), tab(k, t + w - p2(k))]).flatten()
+                    extra = {"lookups": list(zip(k.flatten().tolist(), (w - p2(k)).flatten().tolist()))}  # (k, shift)
             else:  # until: table (K, 2, rows, T) of compositions (A, B), then V(u) for the window, then shift by a
                 idx["phi"], idx["psi"] = fetch(0, 0, POS), fetch(1, 0, NEG)
                 tab = lambda lev, ab, s: 2 + ((lev * 2 + ab) * rows + g) * Tt + torch.clamp(s, max=Tt - 1)  # noqa: E731
@@ -342,12 +346,13 @@ class RobustnessPlan:
                 sgn, bias = g.extra["sgn"].to(x.dtype), g.extra["bias"].to(x.dtype)
                 for v, r0, r1 in g.extra["vars"]:  # sgn * x_v - sgn * c, exactly x_v - c or c - x_v
                     torch.add(torch.mul(xt[v, : g.Tg], sgn[r0:r1], out=head[r0:r1]), bias[r0:r1], out=head[r0:r1])
-            elif g.op == "not":
-                torch.neg(torch.index_select(part, 0, g.idx["c0"], out=tmp[0]), out=head)
-            elif g.op in ("and", "or"):
-                op = torch.minimum if g.op == "and" else torch.maximum
-                torch.index_select(part, 0, g.idx["c0"], out=tmp[0])
-                op(tmp[0], torch.index_select(part, 0, g.idx["c1"], out=tmp[1]), out=head)
+            elif g.op in ("not", "and", "or"):
+                op = {"not": torch.neg, "and": torch.minimum, "or": torch.maximum}[g.op]
+                if g.Tg * N >= ROW_OPS:
+                    for r, children in enumerate(g.extra["children"]):
+                        op(*(part[c] for c in children), out=head[r])
+                else:
+                    op(*(torch.index_select(part, 0, g.idx[f"c{k}"], out=tmp[k]) for k in range(len(g.idx))), out=head)
             elif g.op in ("F", "G"):
                 self._window_group(g, arena, ws, out)
             else:
@@ -376,6 +381,13 @@ class RobustnessPlan:
             if d < T:
                 op(src[:, : T - d], src[:, d:], out=dst[:, : T - d])
             dst[:, max(T - d, 0) :] = src[:, max(T - d, 0) :]
+        if g.Tg * N >= ROW_OPS:  # out(t) = op(tab_k(t), tab_k(min(t + shift, T-1)))
+            for r, (k, s) in enumerate(g.extra["lookups"]):
+                L = min(g.Tg, T - s)
+                op(tab[k, r, :L], tab[k, r, s : s + L], out=out[r, :L])
+                if L < g.Tg:
+                    op(tab[k, r, L : g.Tg], tab[k, r, T - 1 :], out=out[r, L : g.Tg])
+            return
         both = ws[2 + K * rows * T : 2 + K * rows * T + 2 * rows * g.Tg]
         both = torch.index_select(ws[: 2 + K * rows * T], 0, g.idx["final"], out=both).view(2, rows, g.Tg, N)
         op(both[0], both[1], out=out[:, : g.Tg])
@@ -408,15 +420,15 @@ class RobustnessPlan:
                 torch.clamp(v[u + 1], min=A[u], max=B[u], out=v[u])
             if g.shifted:
                 f = torch.index_select(src, 0, g.idx["final"], out=tmp[: 3 * rows * g.Tg]).view(3, rows, g.Tg, N)
-                torch.minimum(torch.minimum(f[0], f[1]), f[2], out=out[:, : g.Tg])
+                torch.minimum(torch.minimum(f[0], f[1], out=f[0]), f[2], out=out[:, : g.Tg])
             return
         n = 6 if g.shifted else 4
         f = torch.index_select(src, 0, g.idx["final"], out=tmp[: n * rows * g.Tg]).view(n, rows, g.Tg, N)
-        v = torch.minimum(torch.minimum(f[1], f[2]), f[3])
+        v = torch.minimum(torch.minimum(f[1], f[2], out=f[1]), f[3], out=f[1])
         if not g.shifted:
             torch.maximum(f[0], v, out=out[:, : g.Tg])
             return
-        torch.minimum(torch.minimum(f[4], f[5]), torch.maximum(f[0], v), out=out[:, : g.Tg])
+        torch.minimum(torch.minimum(f[4], f[5], out=f[4]), torch.maximum(f[0], v, out=f[0]), out=out[:, : g.Tg])
 
 
 def release_workspace() -> None:
