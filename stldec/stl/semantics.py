@@ -10,7 +10,9 @@
    values live in an "arena" of shape (2 + rows*T, N) whose rows are (node, time) slots with the N trajectories
    contiguous; slots 0 and 1 hold +inf and -inf, so a time shift, the end-of-domain mask and the empty-window fill
    of a whole group are one `index_select` with a precomputed index. Arena rows are reused once their last reader
-   has run.
+   has run. When rows are long (Tg*N >= `ROW_OPS` values, e.g. at="all" on 1000 trajectories), boolean groups and
+   window lookups instead run one op per node on arena/table views: no gathered copies, and the extra dispatches
+   cost less than the memory passes they save (results are bitwise the same).
 3. Bounded windows use a sparse table (log-doubling: O(log w) passes, then two lookups per sample). The bounded until
    uses the same doubling on the composition of the maps x -> max(A_t, min(B_t, x)) (A=psi, B=phi for the strict
    until; A=min(phi, psi) for the inclusive one), which gives any window in four lookups and never materialises
