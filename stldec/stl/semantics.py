@@ -166,8 +166,8 @@ class RobustnessPlan:
             members = groups[key]
             if key[1] in ("F", "G", "U"):  # rows by needed table level, descending
                 members = sorted(members, key=lambda i: -self._rows(ir.nodes[i])[-1])
-            elif key[1] == "atom":  # rows by variable: one op per variable
-                members = sorted(members, key=lambda i: ir.nodes[i][2][0])
+            elif key[1] == "atom":  # rows by (variable, direction): one op per pair
+                members = sorted(members, key=lambda i: ir.nodes[i][2][::2])
             for r in range(0, len(members), MAX_ROWS):  # bounded group size bounds the scratch
                 order.append((key[1:], members[r : r + MAX_ROWS]))
         pos, self.n_nodes = self._allocate(order, ir, roots)
@@ -267,11 +267,9 @@ class RobustnessPlan:
         nodes = [ir.nodes[i] for i in members]
         Tt = Tg
         if op == "atom":
-            var, thr, lte = zip(*(p for _, _, p in nodes))
-            sgn = torch.tensor([-1.0 if x else 1.0 for x in lte], dtype=torch.float64)
-            bias = (-sgn * torch.tensor(thr, dtype=torch.float64)).view(-1, 1, 1)
-            vars_ = [(v, var.index(v), rows - var[::-1].index(v)) for v in sorted(set(var))]  # (var, first, end)
-            extra = {"vars": vars_, "sgn": sgn.view(-1, 1, 1), "bias": bias}
+            keys = [p[::2] for _, _, p in nodes]  # (var, lte)
+            runs = [(*key, keys.index(key), rows - keys[::-1].index(key)) for key in sorted(set(keys))]
+            extra = {"runs": runs, "thr": torch.tensor([p[1] for _, _, p in nodes], dtype=torch.float64).view(-1, 1, 1)}
         elif op in ("not", "and", "or"):
             for k in range(len(nodes[0][1])):
                 idx[f"c{k}"] = torch.tensor([pos[ch[k]] for _, ch, _ in nodes])
@@ -345,9 +343,10 @@ class RobustnessPlan:
             out = nodes[g.start : g.start + g.rows]  # (rows, T, N); samples t < g.Tg are computed
             tmp, head, part = ws[: g.rows * g.Tg * 2].view(2, g.rows, g.Tg, N), out[:, : g.Tg], nodes[:, : g.Tg]
             if g.op == "atom":
-                sgn, bias = g.extra["sgn"].to(x.dtype), g.extra["bias"].to(x.dtype)
-                for v, r0, r1 in g.extra["vars"]:  # sgn * x_v - sgn * c, exactly x_v - c or c - x_v
-                    torch.add(torch.mul(xt[v, : g.Tg], sgn[r0:r1], out=head[r0:r1]), bias[r0:r1], out=head[r0:r1])
+                thr = g.extra["thr"].to(x.dtype)
+                for v, lte, r0, r1 in g.extra["runs"]:  # c - x_v (x_v <= c) or x_v - c, broadcast over rows
+                    xv, c = xt[v, : g.Tg], thr[r0:r1]
+                    torch.sub(*((c, xv) if lte else (xv, c)), out=head[r0:r1])
             elif g.op in ("not", "and", "or"):
                 op = {"not": torch.neg, "and": torch.minimum, "or": torch.maximum}[g.op]
                 if g.Tg * N >= ROW_OPS:
