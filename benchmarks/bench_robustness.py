@@ -6,11 +6,18 @@ every peer implements); the reference convention is timed too. Throughput = form
 evaluations per second (every implementation computes the whole robustness trace); nodes/s counts AST nodes.
 rtamt and stlcg++ run on a subsample and are extrapolated.
 
-    .venv/bin/python benchmarks/bench_robustness.py [--threads 1] [--repeat 5] [--rtamt 4] [--stlcg 10]
+    .venv/bin/python benchmarks/bench_robustness.py [--threads 1] [--repeat 5] [--rtamt 4] [--stlcg 10] [--against REV]
+
+`--against REV` also times the engine (stldec/stl/semantics.py) as of git revision REV, interleaved with the current
+one, to measure a change on a shared machine.
 """
 
 import argparse
+import importlib.util
 import random
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -162,14 +169,29 @@ def run_stlcg(fs: list[Formula], x: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.vmap(to_stlcg(f, x.shape[-1]))(signal) for f in fs])
 
 
-def timed(fn, repeat: int) -> tuple[tuple[float, float], object]:
-    """Best (wall, CPU) seconds over `repeat` runs: on a shared machine CPU time is the steadier of the two."""
-    wall = cpu = INF
+def timed(cases: dict, repeat: int) -> dict:
+    """name -> ((best wall, best CPU) seconds, last output) over `repeat` rounds; the cases run interleaved (one run of
+    each per round) so that load changes on a shared machine hit all alike; CPU time is the steadier measure."""
+    best = {name: [INF, INF, None] for name in cases}
     for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
-    return (wall, cpu), out
+        for name, fn in cases.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = fn()
+            b = best[name]
+            b[:] = min(b[0], time.perf_counter() - t0), min(b[1], time.process_time() - c0), out
+    return {name: ((w, c), out) for name, (w, c, out) in best.items()}
+
+
+def engine_at(rev: str):
+    """The `robustness` function of stldec/stl/semantics.py as of git revision `rev` (imported beside the current)."""
+    src = subprocess.run(["git", "show", f"{rev}:stldec/stl/semantics.py"], capture_output=True, text=True, check=True)
+    path = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
+    path.write(src.stdout)
+    path.close()
+    spec = importlib.util.spec_from_file_location(f"stldec.stl._semantics_{rev}", path.name)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.robustness
 
 
 def main() -> None:
@@ -179,6 +201,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="trajectories")
     ap.add_argument("--rtamt", type=int, default=4, help="trajectories for rtamt (0: skip)")
     ap.add_argument("--stlcg", type=int, default=10, help="trajectories for stlcg++ (0: skip)")
+    ap.add_argument("--against", default=None, help="git revision whose engine is timed too (textbook at='all')")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,32 +225,35 @@ def main() -> None:
         print(f"{name:<36}{wall * 1e3:10.1f} {cpu * 1e3:10.1f} {work / wall / 1e6:11.3f} {work / cpu / 1e6:9.3f} "
               f"{nodes * n_traj * T / wall / 1e6:11.3f} {nodes * n_traj * T / cpu / 1e6:9.3f}  {note}")
 
-    robustness(fs, x, convention="textbook")  # warm up (plan compilation is cached afterwards)
-    t, ours = timed(lambda: robustness(fs, x, convention="textbook", at="all"), args.repeat)
-    report("stldec textbook at='all'", t, N)
-    t, _ = timed(lambda: robustness(fs, x, convention="textbook"), args.repeat)
-    report("stldec textbook at='start'", t, N)
-    robustness(fs, x)
-    t, _ = timed(lambda: robustness(fs, x), args.repeat)
-    report("stldec reference at='start'", t, N)
+    cases = {"stldec textbook at='all'": lambda: robustness(fs, x, convention="textbook", at="all"),
+             "stldec textbook at='start'": lambda: robustness(fs, x, convention="textbook"),
+             "stldec reference at='start'": lambda: robustness(fs, x),
+             "BASELINE naive one-at-a-time": lambda: torch.stack([naive(f, x) for f in fs])}
+    if args.against:
+        old = engine_at(args.against)
+        cases[f"stldec@{args.against} textbook at='all'"] = lambda: old(fs, x, convention="textbook", at="all")
+    for fn in cases.values():  # warm up (plans are compiled once and cached)
+        fn()
+    res = timed(cases, args.repeat)
+    ours, base = res["stldec textbook at='all'"][1], res["BASELINE naive one-at-a-time"][1]
+    for name, (t, _) in res.items():
+        report(name, t, N, f"max|ours-baseline| {(ours - base).nan_to_num().abs().max():.2g}" if "BASE" in name else "")
     from stldec.stl.semantics import compile_plan
 
     compile_plan.cache_clear()
     t0 = time.perf_counter()
     compile_plan(tuple(fs), T, "textbook", "cpu")
     print(f"{'  (plan compilation, once)':<36}{(time.perf_counter() - t0) * 1e3:10.1f}")
-    t, base = timed(lambda: torch.stack([naive(f, x) for f in fs]), max(1, args.repeat // 2))
-    report("BASELINE naive one-at-a-time", t, N, f"max|ours-baseline| {(ours - base).nan_to_num().abs().max():.2g}")
     if args.rtamt:
         xs = x[: args.rtamt].double()
-        t, ref = timed(lambda: run_rtamt(fs, xs), 1)
+        t, ref = timed({"rtamt": lambda: run_rtamt(fs, xs)}, 1)["rtamt"]
         ours64 = robustness(fs, xs, convention="textbook", at="all")
         report(f"rtamt 0.4.10 ({args.rtamt} traj, extrapolated)", t, args.rtamt,
                f"max|ours-rtamt| {(ours64 - ref).nan_to_num().abs().max():.2g}")
     if args.stlcg:
         try:
             xs = x[: args.stlcg]
-            t, _ = timed(lambda: run_stlcg(fs, xs), 1)
+            t, _ = timed({"stlcg": lambda: run_stlcg(fs, xs)}, 1)["stlcg"]
             report(f"stlcg++ 0.0.2 vmap ({args.stlcg} traj, extrap.)", t, args.stlcg, "(own conventions)")
         except ImportError:
             print("stlcg++ not installed: pip install stlcgpp==0.0.2 torch==2.13.0")
