@@ -313,6 +313,15 @@ class RobustnessPlan:
                     t3 = torch.where(has_l & inside, tab(j, 1, u + L - p2(j)), POS)
                     t4 = torch.where(has_l & inside, tab(k, 0, u + L), NEG)
                     idx["final"] = torch.cat([t1, t2, t3, t4, *(m1 if shifted else [])]).flatten()
+                    lookups = []  # the same per row: (level, A/B, shift, valid samples, fill past them)
+                    for a_, k_, i_, L_, j_ in zip(*(v.flatten().tolist() for v in (a, k, i, L, j))):
+                        inside = max(0, min(Tg, T - a_))
+                        with_l = inside if L_ > 0 else 0
+                        row = [(k_, 0, a_, inside, NEG), (j_, 1, a_, with_l, POS),
+                               (j_, 1, a_ + L_ - (1 << j_), with_l, POS), (k_, 0, a_ + L_, with_l, NEG)]
+                        m1_ = [(i_, 1, 0, Tg, POS), (i_, 1, a_ - (1 << i_), Tg, POS)] if shifted else []
+                        lookups.append(row + m1_)
+                    extra = {"lookups": lookups}
         idx = {name: v.to(dev) for name, v in idx.items()}
         extra = {name: v.to(dev) if isinstance(v, torch.Tensor) else v for name, v in extra.items()}
         return _Group(op, suffix, shifted, T, Tg, Tt, pos[members[0]], rows, idx, levels, extra)
@@ -423,13 +432,28 @@ class RobustnessPlan:
                 f = torch.index_select(src, 0, g.idx["final"], out=tmp[: 3 * rows * g.Tg]).view(3, rows, g.Tg, N)
                 torch.minimum(torch.minimum(f[0], f[1], out=f[0]), f[2], out=out[:, : g.Tg])
             return
-        n = 6 if g.shifted else 4
-        f = torch.index_select(src, 0, g.idx["final"], out=tmp[: n * rows * g.Tg]).view(n, rows, g.Tg, N)
-        v = torch.minimum(torch.minimum(f[1], f[2], out=f[1]), f[3], out=f[1])
-        if not g.shifted:
-            torch.maximum(f[0], v, out=out[:, : g.Tg])
+        if g.Tg * N < ROW_OPS:
+            n = 6 if g.shifted else 4
+            f = torch.index_select(src, 0, g.idx["final"], out=tmp[: n * rows * g.Tg]).view(n, rows, g.Tg, N)
+            self._until_final(f, f[1], f[-1], out[:, : g.Tg])
             return
-        torch.minimum(torch.minimum(f[4], f[5], out=f[4]), torch.maximum(f[0], v, out=f[0]), out=out[:, : g.Tg])
+        buf = tmp[: 2 * g.Tg].view(2, g.Tg, N)
+        for r, lookups in enumerate(g.extra["lookups"]):  # per row, on table views over segments of t where every
+            cuts = {0, g.Tg} | {c for _, _, s, valid, _ in lookups for c in (valid, T - s) if 0 < c < g.Tg}
+            cuts = sorted(cuts)  # lookup is a plain slice, its clamped last sample or its fill
+            for t0, t1 in zip(cuts, cuts[1:]):
+                f = [(src[fill : fill + 1] if t0 >= valid else tab[lev, ab, r, T - 1 :] if t0 + s >= T
+                      else tab[lev, ab, r, t0 + s : t1 + s]).expand(t1 - t0, N) for lev, ab, s, valid, fill in lookups]
+                self._until_final(f, buf[0, : t1 - t0], buf[1, : t1 - t0], out[r, t0:t1])
+
+    @staticmethod
+    def _until_final(f, v: torch.Tensor, m: torch.Tensor, out: torch.Tensor) -> None:
+        """out = max(f0, min(f1, f2, f3)), then min with f4, f5 (G[0,a-1] phi) if given; v, m: scratch."""
+        v = torch.minimum(torch.minimum(f[1], f[2], out=v), f[3], out=v)
+        if len(f) == 4:
+            torch.maximum(f[0], v, out=out)
+            return
+        torch.minimum(torch.minimum(f[4], f[5], out=m), torch.maximum(f[0], v, out=v), out=out)
 
 
 def release_workspace() -> None:
