@@ -229,7 +229,7 @@ def test_bad_arguments():
 
 
 @pytest.mark.parametrize("convention", ["reference", "textbook"])
-def test_chunked_and_batched_equal_unchunked_and_one_by_one(convention):
+def test_chunked_and_batched_equal_unchunked_and_one_by_one(convention, monkeypatch):
     rng = random.Random(2)
     fs = [f for f in (random_formula(rng, 5, n_vars=3) for _ in range(60)) if f.time_horizon < 30]
     fs += fs[:5]  # duplicates share nodes
@@ -240,6 +240,9 @@ def test_chunked_and_batched_equal_unchunked_and_one_by_one(convention):
     assert same(robustness(fs, x, convention=convention, chunk_size=8), whole[..., 0])
     for i, f in enumerate(fs):
         assert same(robustness(f, x, convention=convention, at="all")[0], whole[i]), str(f)
+    monkeypatch.setattr(semantics, "ROW_OPS", 1)  # force the per-node path meant for long rows on these short ones
+    assert same(robustness(fs, x, convention=convention, at="all"), whole)
+    assert same(robustness(fs, x, convention=convention), whole[..., 0])
 
 
 def test_satisfaction_of_zero_robustness_is_false():
