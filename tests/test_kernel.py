@@ -87,7 +87,6 @@ def test_anchors_from_file_list_formulae_and_dialect(enc, tmp_path):
     assert StlKernelEncoder(textbook, dialect="textbook", **SMALL).fingerprint == enc.fingerprint
 
 
-@pytest.mark.slow  # compiles the 1024 default anchors
 def test_default_anchor_set():
     default = StlKernelEncoder(n_trajectories=16)
     assert default.embedding_dim == 1024 and len(set(default.anchors)) == 1024
