@@ -1,5 +1,8 @@
 """Invariants of the stldec models: shapes, cache == no cache, padding invariance, save/load, heads, clear errors."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import (
@@ -285,3 +288,20 @@ def test_mlm_loss_decreases():
     mlm = StlDecForMaskedLM(tiny(add_cross_attention=False, is_decoder=False))
     losses = train(mlm, batches, steps=40)
     assert sum(losses[-8:]) < 0.6 * sum(losses[:8])
+
+
+def test_import_stldec_alone_registers_every_auto_class(tmp_path):
+    """`import stldec` is all a user does before `Auto*.from_pretrained` (fresh process: nothing else imported)."""
+    StlDecForCausalLM(tiny()).save_pretrained(tmp_path)
+    StlTokenizer().save_pretrained(tmp_path)
+    code = ("import stldec\n"
+            "from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer\n"
+            "from transformers import AutoModelForMaskedLM\n"
+            f"d = {str(tmp_path)!r}\n"
+            "assert type(AutoConfig.from_pretrained(d)).__name__ == 'StlDecConfig'\n"
+            "assert type(AutoModel.from_pretrained(d)).__name__ == 'StlDecModel'\n"
+            "assert type(AutoModelForCausalLM.from_pretrained(d)).__name__ == 'StlDecForCausalLM'\n"
+            "assert type(AutoTokenizer.from_pretrained(d)).__name__ == 'StlTokenizer'\n"
+            "c = AutoConfig.for_model('stldec', is_decoder=False, add_cross_attention=False)\n"
+            "assert type(AutoModelForMaskedLM.from_config(c)).__name__ == 'StlDecForMaskedLM'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
