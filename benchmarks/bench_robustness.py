@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as Fn
 
 from stldec.stl import Always, And, Atom, Eventually, Formula, Interval, Not, Or, Until, robustness
+from stldec.stl.rtamt_oracle import rtamt_robustness
 
 INF = float("inf")
 
@@ -112,38 +113,6 @@ def naive(f: Formula, x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------------------
 # peers
-
-
-def to_rtamt(f: Formula, T: int) -> str:
-    iv = lambda i: "" if i is None else f"[{i.start}:{T - 1 if i.end is None else i.end}]"  # noqa: E731
-    match f:
-        case Atom():
-            return f"(x{f.var} {'<=' if f.lte else '>='} {f.threshold!r})"
-        case Not():
-            return f"(not {to_rtamt(f.child, T)})"
-        case And() | Or():
-            return f"({to_rtamt(f.left, T)} {'and' if isinstance(f, And) else 'or'} {to_rtamt(f.right, T)})"
-        case Always() | Eventually():
-            return f"({'always' if isinstance(f, Always) else 'eventually'}{iv(f.interval)}{to_rtamt(f.child, T)})"
-        case Until():
-            return f"({to_rtamt(f.left, T)} until{iv(f.interval)} {to_rtamt(f.right, T)})"
-
-
-def run_rtamt(fs: list[Formula], x: torch.Tensor) -> torch.Tensor:
-    import rtamt
-
-    N, V, T = x.shape
-    out = torch.empty(len(fs), N, T, dtype=torch.float64)
-    for i, f in enumerate(fs):
-        spec = rtamt.StlDiscreteTimeOfflineSpecification()
-        for v in range(V):
-            spec.declare_var(f"x{v}", "float")
-        spec.spec = to_rtamt(f, T)
-        spec.parse()
-        for n in range(N):  # rtamt mutates its input lists: fresh ones every call
-            data = {"time": list(range(T)), **{f"x{v}": x[n, v].tolist() for v in range(V)}}
-            out[i, n] = torch.tensor([r for _, r in spec.evaluate(data)], dtype=torch.float64)
-    return out
 
 
 def to_stlcg(f: Formula, T: int):
@@ -246,7 +215,7 @@ def main() -> None:
     print(f"{'  (plan compilation, once)':<36}{(time.perf_counter() - t0) * 1e3:10.1f}")
     if args.rtamt:
         xs = x[: args.rtamt].double()
-        t, ref = timed({"rtamt": lambda: run_rtamt(fs, xs)}, 1)["rtamt"]
+        t, ref = timed({"rtamt": lambda: rtamt_robustness(fs, xs)}, 1)["rtamt"]
         ours64 = robustness(fs, xs, convention="textbook", at="all")
         report(f"rtamt 0.4.10 ({args.rtamt} traj, extrapolated)", t, args.rtamt,
                f"max|ours-rtamt| {(ours64 - ref).nan_to_num().abs().max():.2g}")
