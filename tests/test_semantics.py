@@ -7,11 +7,19 @@ import random
 import pytest
 import torch
 
-from stldec.stl import Always, And, Atom, Eventually, Interval, Not, Or, Until, parse, semantics
+from stldec.stl import Always, And, Atom, Eventually, Interval, Not, Or, Until, native, parse, semantics
 from stldec.stl.rtamt_oracle import rtamt_robustness
 from stldec.stl.semantics import compile_plan, release_workspace, robustness, satisfaction
 
 INF = math.inf
+
+
+@pytest.fixture(params=["native", "torch"])
+def engine(request):
+    """Both engines: the fused CPU kernel (native.py) and the torch plan (also the GPU one)."""
+    if request.param == "native" and native.library() is None:
+        pytest.skip("no C++ compiler here: the fused kernel is not built")
+    return request.param
 
 
 def random_formula(rng: random.Random, depth: int, n_vars: int = 2, max_t: int = 6):
@@ -36,7 +44,7 @@ def random_formula(rng: random.Random, depth: int, n_vars: int = 2, max_t: int =
 # textbook == rtamt
 
 
-def test_textbook_matches_rtamt():
+def test_textbook_matches_rtamt(engine):
     pytest.importorskip("rtamt")
     rng = random.Random(0)
     pairs = 0
@@ -44,7 +52,7 @@ def test_textbook_matches_rtamt():
         T = rng.randrange(12, 22)
         f = random_formula(rng, rng.randrange(2, 6))
         x = torch.randn(4, 2, T, generator=torch.Generator().manual_seed(i), dtype=torch.float64).cumsum(-1) * 0.5
-        ours = robustness(f, x, convention="textbook", at="all")[0]  # (N, T)
+        ours = robustness(f, x, convention="textbook", at="all", engine=engine)[0]  # (N, T)
         wanted = rtamt_robustness([f], x)[0]
         for n, want in enumerate(wanted):
             assert torch.equal(torch.isinf(ours[n]), torch.isinf(want)), (str(f), ours[n], want)
@@ -53,10 +61,10 @@ def test_textbook_matches_rtamt():
     assert pairs >= 500
 
 
-def test_textbook_empty_windows_are_infinite():
+def test_textbook_empty_windows_are_infinite(engine):
     x = torch.zeros(1, 1, 5)
     r = robustness(["always[3,4] ( x_0 >= -1 )", "eventually[3,4] ( x_0 >= -1 )", "( x_0 >= 0 until[3,4] x_0 >= 0 )"],
-                   x, convention="textbook", at="all")[:, 0]
+                   x, convention="textbook", at="all", engine=engine)[:, 0]
     assert torch.equal(r[0], torch.tensor([1, 1, INF, INF, INF]))
     assert torch.equal(r[1], torch.tensor([1, 1, -INF, -INF, -INF]))
     assert torch.equal(r[2], torch.tensor([0, 0, -INF, -INF, -INF]))
@@ -96,7 +104,7 @@ def brute_reference(f, x: list[list[float]]) -> list[float]:
     raise TypeError(f)
 
 
-def test_reference_matches_brute_force():
+def test_reference_matches_brute_force(engine):
     rng = random.Random(1)
     checked = 0
     while checked < 150:
@@ -105,7 +113,7 @@ def test_reference_matches_brute_force():
         if f.time_horizon >= T:
             continue
         x = torch.randn(3, 2, T, generator=torch.Generator().manual_seed(checked), dtype=torch.float64).cumsum(-1)
-        ours = robustness(f, x, at="all")[0]
+        ours = robustness(f, x, at="all", engine=engine)[0]
         for n in range(x.shape[0]):
             want = brute_reference(f, x[n].tolist())
             assert 0 < len(want) <= T - 0
@@ -136,8 +144,8 @@ NAN = math.nan
         ("always[0,2] ( eventually[1,inf] ( x_0 >= 1 ) )", [8, 8, 8, 5, 5, NAN, NAN, NAN]),
     ],
 )
-def test_reference_hand_computed(text, want):
-    got = robustness(parse(text, dialect="textbook"), X_HAND, at="all")[0, 0]
+def test_reference_hand_computed(text, want, engine):
+    got = robustness(parse(text, dialect="textbook"), X_HAND, at="all", engine=engine)[0, 0]
     assert torch.allclose(got, torch.tensor(want, dtype=torch.float32), rtol=0, atol=1e-6, equal_nan=True), got
 
 
@@ -212,8 +220,8 @@ def test_chunked_and_batched_equal_unchunked_and_one_by_one(convention, monkeypa
     for i, f in enumerate(fs):
         assert same(robustness(f, x, convention=convention, at="all")[0], whole[i]), str(f)
     monkeypatch.setattr(semantics, "ROW_OPS", 1)  # force the per-node path meant for long rows on these short ones
-    assert same(robustness(fs, x, convention=convention, at="all"), whole)
-    assert same(robustness(fs, x, convention=convention), whole[..., 0])
+    assert same(robustness(fs, x, convention=convention, at="all", engine="torch"), whole)
+    assert same(robustness(fs, x, convention=convention, engine="torch"), whole[..., 0])
 
 
 def test_satisfaction_of_zero_robustness_is_false():
@@ -246,11 +254,11 @@ def test_start_reads_only_needed_samples(convention):
     for T in (12, 25, 40):
         fs = tuple(f for f in (random_formula(rng, 6, n_vars=3, max_t=8) for _ in range(40)) if f.time_horizon < T)
         x = walks(9, T=T, seed=T)
-        plan = compile_plan(fs, T, convention, "cpu", "start")
+        plan = compile_plan(fs, T, convention, "cpu", "start", "torch")
         release_workspace()
         plan(x)
         semantics._LOCAL.buffers[x.device, x.dtype].fill_(math.nan)
-        want = robustness(fs, x, convention=convention, at="all")[..., 0]
+        want = robustness(fs, x, convention=convention, at="all", engine="torch")[..., 0]
         assert torch.allclose(plan(x), want, rtol=0, atol=0, equal_nan=True)
         assert not want.isnan().any()
 
@@ -260,3 +268,67 @@ def test_empty_batches_and_inputs_requiring_grad():
     assert robustness(FORMULAE, walks(0), at="all").shape == (5, 0, 30)
     x = walks(3).requires_grad_()
     assert torch.equal(robustness(FORMULAE, x), robustness(FORMULAE, x.detach()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the fused CPU kernel == the torch engine, bitwise
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_equals_torch_bitwise(threads):
+    """Windows narrower and wider than the trace, starts past its end, both untils, both conventions, both dtypes,
+    at="start" and "all", N not a multiple of the 16 lanes, one and two threads."""
+    if native.library() is None:
+        pytest.skip("no C++ compiler here: the fused kernel is not built")
+    same = lambda a, b: a.dtype == b.dtype and torch.equal(a.nan_to_num(0.5), b.nan_to_num(0.5))  # noqa: E731
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed, (T, max_t, N) in enumerate([(12, 4, 37), (30, 8, 16), (40, 20, 1), (7, 3, 33), (60, 70, 50)]):
+            rng = random.Random(seed)
+            fs = [random_formula(rng, 6, n_vars=3, max_t=max_t) for _ in range(120)]
+            for convention in ("textbook", "reference"):
+                gs = fs if convention == "textbook" else [f for f in fs if f.time_horizon < T]
+                for dtype in (torch.float32, torch.float64):
+                    x = walks(N, T=T, seed=seed, dtype=dtype)
+                    for at in ("start", "all"):
+                        want = robustness(gs, x, convention=convention, at=at, engine="torch")
+                        got = robustness(gs, x, convention=convention, at=at, engine="native")
+                        assert same(got, want), (seed, convention, dtype, at)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_nan_input_runs_on_torch_engine():
+    x = walks(20)
+    x[3, 1, 7] = math.nan
+    want = robustness(FORMULAE, x, at="all", engine="torch")
+    assert want[:, 3].isnan().any()
+    assert torch.equal(robustness(FORMULAE, x, at="all").nan_to_num(0.5), want.nan_to_num(0.5))
+    if native.library() is not None:
+        with pytest.raises(native.NaNInputError, match="NaN"):
+            robustness(FORMULAE, x, engine="native")
+
+
+def test_without_a_compiler_the_torch_engine_is_used(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("STLDEC_CACHE", str(tmp_path))
+    native.library.cache_clear()
+    compile_plan.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not be built"):
+            assert native.library() is None
+        assert isinstance(compile_plan(tuple(parse(f) for f in FORMULAE), 30), semantics.RobustnessPlan)
+        assert robustness(FORMULAE, walks(3)).shape == (5, 3)
+        with pytest.raises(RuntimeError, match="engine='torch'"):
+            robustness(FORMULAE, walks(3), engine="native")
+    finally:
+        native.library.cache_clear()
+        compile_plan.cache_clear()
+
+
+def test_engine_errors():
+    with pytest.raises(ValueError, match="unknown engine"):
+        robustness(FORMULAE, walks(2), engine="fast")
+    with pytest.raises(ValueError, match="CPU only"):
+        compile_plan((parse(FORMULAE[0]),), 30, device="cuda", engine="native")

@@ -1,6 +1,10 @@
-"""Batched STL robustness: many formulae x many trajectories, a few tensor ops per group of same-kind nodes.
+"""Batched STL robustness: many formulae x many trajectories, on two engines with bitwise-equal results.
 
-`robustness(formulae, trajectories)` compiles the batch into a `RobustnessPlan` and runs it on trajectory chunks:
+`robustness(formulae, trajectories)` lowers the batch to one hash-consed IR (step 1 below) and runs it on
+- the fused CPU kernel (`native.py`, `fused.cpp`; the default on the CPU): the whole program on blocks of 16
+  trajectories, every live trace in cache, O(1) work per sample for every operator; or
+- the torch engine, a `RobustnessPlan` (the default on GPUs, and wherever no C++ compiler is found), which evaluates
+  groups of same-kind nodes with a few tensor ops each, on trajectory chunks:
 
 1. Every formula is lowered to a small IR (atom, not, and, or, windowed max F / min G, until) and hash-consed, so
    shared sub-formulae are computed once. Under the reference convention a timed until is rewritten exactly as the
@@ -40,9 +44,12 @@ from dataclasses import dataclass
 
 import torch
 
+from . import native
 from .formula import Always, And, Atom, Eventually, Formula, Not, Or, Until, as_formulae
+from .native import NativePlan
 
 CONVENTIONS = ("reference", "textbook")
+ENGINES = ("auto", "native", "torch")
 POS, NEG = 0, 1  # arena/workspace slots holding +inf and -inf
 MAX_ROWS = 256  # most nodes evaluated by one group op
 ROW_OPS = 8192  # from this many values per node row (Tg * N), a group does one op per node on arena views instead
@@ -65,6 +72,7 @@ class _IR:
         self.dh: list[int] = []  # samples lost at the end of the trace (reference); 0 under textbook
         self.ids: dict[tuple, int] = {}
         self.memo: dict[tuple[Formula, bool], int] = {}
+        self.n_vars = 0  # variables read: 1 + the largest index
 
     def add(self, op: str, children: tuple[int, ...], params: tuple = ()) -> int:
         if op in ("and", "or"):
@@ -93,6 +101,7 @@ class _IR:
     def _lower(self, f: Formula, neg: bool) -> int:
         match f:
             case Atom():
+                self.n_vars = max(self.n_vars, f.var + 1)
                 return self.add("atom", (), (f.var, float(f.threshold), f.lte != neg))
             case Not():
                 return self.lower(f.child, not neg)
@@ -106,6 +115,24 @@ class _IR:
                 u = self._until(f)
                 return self.add("not", (u,)) if neg else u
         raise TypeError(f"not a formula node: {f!r}")
+
+    def needs(self, roots: list[int], T: int, at: str) -> list[int]:
+        """The leading samples of every node that some reader uses: T for the roots with at="all", else 1; a window
+        [a, b] needs a+w-1 more samples of its child (w = b-a+1, both clipped to the trace), or all T when it
+        reaches the end of the trace."""
+        need = [0] * len(self.nodes)
+        for r in roots:
+            need[r] = T if at == "all" else 1
+        for i in range(len(self.nodes) - 1, -1, -1):  # parents come after their children
+            op, children, params = self.nodes[i]
+            m = need[i]
+            if op in ("F", "G", "U"):
+                a = min(params[0], T)
+                w = max((T - 1 if params[1] is None else min(params[1], T - 1)) - a + 1, 1)
+                m = T if a + w >= T else min(T, m + a + w - 1)
+            for c in children:
+                need[c] = max(need[c], m)
+        return need
 
     def _until(self, f: Until) -> int:
         l, r = self.lower(f.left), self.lower(f.right)
@@ -157,6 +184,7 @@ class RobustnessPlan:
         T, self.T, self.convention, self.device, self.at = n_points, n_points, convention, torch.device(device), at
         ir = _IR(convention)
         roots = [ir.lower(f) for f in formulae]
+        self.n_vars = ir.n_vars
         need, late = self._schedule(ir, roots)
         groups: dict[tuple[int, str, bool, bool], list[int]] = {}
         for i, node in enumerate(ir.nodes):
@@ -180,19 +208,9 @@ class RobustnessPlan:
         self.root_len = torch.tensor([T - ir.dh[r] for r in roots], device=self.device)
 
     def _schedule(self, ir: _IR, roots: list[int]) -> tuple[list[int], list[int]]:
-        """(need, height) of every node: the leading samples some reader uses (all T with at="all"), and the step it
-        runs at, as late as possible (just before its first reader, so it stays in the arena briefly)."""
-        T, n = self.T, len(ir.nodes)
-        need = [0] * n
-        for r in roots:
-            need[r] = T if self.at == "all" else 1
-        for i in range(n - 1, -1, -1):  # parents come after their children in ir.nodes
-            m = need[i]
-            if ir.nodes[i][0] in ("F", "G", "U"):
-                a, w, *_ = self._rows(ir.nodes[i])
-                m = T if a + w >= T else min(T, m + a + w - 1)
-            for c in ir.nodes[i][1]:
-                need[c] = max(need[c], m)
+        """(need, height) of every node: the leading samples some reader uses (`_IR.needs`), and the step it runs
+        at, as late as possible (just before its first reader, so it stays in the arena briefly)."""
+        n, need = len(ir.nodes), ir.needs(roots, self.T, self.at)
         height = [0] * n  # longest path from a leaf
         for i, (_, ch, _) in enumerate(ir.nodes):
             height[i] = 1 + max((height[c] for c in ch), default=-1)
@@ -369,10 +387,7 @@ class RobustnessPlan:
                 self._until_group(g, arena, ws, out)
         if self.at == "start":
             return arena.index_select(0, self.root_slots)  # (B, N)
-        res = nodes.index_select(0, self.roots).permute(0, 2, 1)  # (B, N, T)
-        if self.convention == "reference":
-            res = res.masked_fill(torch.arange(T, device=x.device) >= self.root_len.view(-1, 1, 1), float("nan"))
-        return res
+        return nodes.index_select(0, self.roots).permute(0, 2, 1)  # (B, N, T)
 
     def _window_group(self, g: _Group, arena: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
         T, N, rows, K = g.Tt, arena.shape[1], g.rows, len(g.levels) + 1
@@ -463,22 +478,48 @@ def release_workspace() -> None:
 
 @functools.lru_cache(maxsize=8)
 def compile_plan(formulae: tuple[Formula, ...], n_points: int, convention: str = "reference", device: str = "cpu",
-                 at: str = "start") -> RobustnessPlan:
+                 at: str = "start", engine: str = "auto") -> RobustnessPlan | NativePlan:
     """The (cached) plan for a tuple of formulae; `robustness` calls this, callers may reuse it directly
-    (`plan(x)` on a chunk x (N, n_vars, n_points) of the same dtype/device family)."""
-    return RobustnessPlan(formulae, n_points, convention, device, at)
+    (`plan(x)` on a chunk x (N, n_vars, n_points) of the same dtype/device family; with at="all" and the reference
+    convention, samples past a root's domain (t >= plan.root_len) are left as computed: `robustness` NaNs them).
+    engine: "native" (the fused CPU kernel of native.py), "torch" (this module's plan; any device) or "auto" (native
+    on the CPU when the kernel builds, else torch)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+    if convention == "reference":
+        for f in formulae:
+            if f.time_horizon >= n_points:
+                T = n_points
+                raise ValueError(f"formula {f} has time horizon {f.time_horizon} but the trajectories have T={T} "
+                                 f"samples: the reference convention needs horizon <= T-1 = {T - 1}")
+    cpu = torch.device(device).type == "cpu"
+    if engine == "auto":
+        engine = "native" if cpu and native.library() is not None else "torch"
+    if engine == "torch":
+        return RobustnessPlan(formulae, n_points, convention, device, at)
+    if not cpu:
+        raise ValueError(f"engine='native' runs on the CPU only, not on {device}; use engine='torch' or 'auto'")
+    if native.library() is None:
+        raise RuntimeError("engine='native': the fused kernel could not be built here (see the warning); "
+                           "use engine='torch' or 'auto'")
+    ir = _IR(convention)
+    roots = [ir.lower(f) for f in formulae]
+    return NativePlan(ir, roots, ir.needs(roots, n_points, at), n_points, at)
 
 
 def robustness(formulae: Formula | str | Sequence[Formula | str], trajectories: torch.Tensor, *,
                convention: str = "reference", at: str = "start", chunk_size: int | None = None,
-               max_bytes: int = 256 << 20) -> torch.Tensor:
+               max_bytes: int = 256 << 20, engine: str = "auto") -> torch.Tensor:
     """Quantitative semantics of every formula on every trajectory.
 
     formulae: Formula | str | sequence of them (strings in the reference dialect); trajectories: (N, n_vars, T).
     Returns (B, N) at t=0 (at="start") or (B, N, T) (at="all"), float64 if the input is float64 else float32, on
     the input's device. Under "reference", a formula needs `time_horizon < T` (ValueError otherwise) and samples
     past the root's domain are NaN; under "textbook" values may be +-inf (empty windows, as rtamt).
-    Trajectories are processed `chunk_size` at a time (default: as many as fit in `max_bytes` of workspace).
+    engine: "auto" runs the fused CPU kernel (native.py) on CPU input without NaN, else the torch engine; "native"
+    and "torch" force one (both give bitwise-equal values; "native" raises `NaNInputError` on NaN input). The torch
+    engine processes trajectories `chunk_size` at a time (default: as many as fit in `max_bytes` of workspace); the
+    native one needs a few traces per thread whatever N is.
     Not differentiable (the result carries no gradient); for soft/differentiable STL use a dedicated library.
     """
     if convention not in CONVENTIONS:
@@ -489,24 +530,33 @@ def robustness(formulae: Formula | str | Sequence[Formula | str], trajectories: 
     if not isinstance(trajectories, torch.Tensor) or trajectories.dim() != 3:
         raise ValueError("trajectories must be a tensor of shape (N, n_vars, T)")
     N, n_vars, T = trajectories.shape
-    if convention == "reference":
-        for f in fs:
-            if f.time_horizon >= T:
-                raise ValueError(f"formula {f} has time horizon {f.time_horizon} but the trajectories have T={T} "
-                                 f"samples: the reference convention needs horizon <= T-1 = {T - 1}")
-    for f in fs:
-        if f.variables and max(f.variables) >= n_vars:
-            raise ValueError(f"formula {f} reads x_{max(f.variables)} but the trajectories have {n_vars} variables")
     x = trajectories.detach().to(torch.float64 if trajectories.dtype == torch.float64 else torch.float32)
+    plan = compile_plan(fs, T, convention, str(x.device), at, engine)  # checks the horizons (once per batch)
+    if plan.n_vars > n_vars:
+        f = next(f for f in fs if f.variables and max(f.variables) >= n_vars)
+        raise ValueError(f"formula {f} reads x_{max(f.variables)} but the trajectories have {n_vars} variables")
     if len(fs) == 0 or N == 0:
         return x.new_empty((len(fs), N) if at == "start" else (len(fs), N, T))
-    plan = compile_plan(fs, T, convention, str(x.device), at)
+    try:
+        res = _run(plan, x, chunk_size, max_bytes)
+    except native.NaNInputError:
+        if engine == "native":
+            raise
+        plan = compile_plan(fs, T, convention, str(x.device), at, "torch")
+        res = _run(plan, x, chunk_size, max_bytes)
+    if at == "all" and convention == "reference":
+        outside = torch.arange(T, device=x.device) >= plan.root_len.to(x.device).view(-1, 1, 1)
+        res = res.masked_fill(outside, float("nan"))  # past each root's domain
+    return res
+
+
+def _run(plan: RobustnessPlan | NativePlan, x: torch.Tensor, chunk_size: int | None, max_bytes: int) -> torch.Tensor:
     if chunk_size is None:
         chunk_size = max(1, max_bytes // plan.bytes_per_trajectory(x.element_size()))
     with torch.no_grad():
-        if N <= chunk_size:
+        if x.shape[0] <= chunk_size:
             return plan(x)
-        return torch.cat([plan(x[i : i + chunk_size]) for i in range(0, N, chunk_size)], dim=1)
+        return torch.cat([plan(x[i : i + chunk_size]) for i in range(0, x.shape[0], chunk_size)], dim=1)
 
 
 def satisfaction(formulae: Formula | str | Sequence[Formula | str], trajectories: torch.Tensor, *,
