@@ -84,7 +84,8 @@ class NaNInputError(ValueError):
 
 
 @functools.cache
-def _pool(n: int) -> ThreadPoolExecutor:
+def _pool(n: int, pid: int) -> ThreadPoolExecutor:
+    """n worker threads of this process (keyed by pid: a forked child, e.g. a DataLoader worker, gets its own)."""
     return ThreadPoolExecutor(n, thread_name_prefix="stldec-robustness")
 
 
@@ -154,5 +155,5 @@ class NativePlan:
         if k == 1:
             part(0, N)
         else:
-            list(_pool(k).map(part, cuts[:-1], cuts[1:]))
+            list(_pool(k, os.getpid()).map(part, cuts[:-1], cuts[1:]))
         return out[..., :N].transpose(1, 2) if self.at == "all" else out  # (B, N, T), trajectories contiguous
