@@ -8,7 +8,8 @@ build fails, `library()` returns None (with one warning) and `robustness` keeps 
 
 `NativePlan` lowers the same hash-consed IR as the torch `RobustnessPlan` to a program of one int32 row per node and
 gives each node a slot (a trace of T rows), reused once its last reader has run. Trajectories are split among
-`torch.get_num_threads()` threads (ctypes releases the GIL). Values equal the torch engine's bitwise.
+`torch.get_num_threads()` threads (ctypes releases the GIL); each thread's workspace is (slots + n_vars + 8) * T rows
+of 16 values, whatever N is. Values equal the torch engine's bitwise.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("fused.cpp")
-FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-Wno-psabi"]
 OPS = {"atom_le": 0, "atom_ge": 1, "not": 2, "and": 3, "or": 4, "F": 5, "G": 6, "U": 7, "U_inclusive": 8}
 
 
