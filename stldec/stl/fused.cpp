@@ -115,14 +115,15 @@ inline void stream(void* dst, const void* row, size_t bytes) {
     for (size_t k = 0; k < bytes; k += 32)
         _mm256_stream_si256((__m256i*)(d + k), _mm256_load_si256((const __m256i*)(r + k)));
 #elif defined(__SSE2__)
-    for (size_t k = 0; k < bytes; k += 16) _mm_stream_si128((__m128i*)(d + k), _mm_load_si128((const __m128i*)(r + k)));
+    for (size_t k = 0; k < bytes; k += 16)
+        _mm_stream_si128((__m128i*)(d + k), _mm_load_si128((const __m128i*)(r + k)));
 #else
     std::memcpy(d, r, bytes);
 #endif
 }
 
 template <class R>
-int run(const R* x, int64_t N, int n_vars, int T, int64_t n0, int64_t n1, const int32_t* prog, const double* thr,
+int run(const R* x, int n_vars, int T, int64_t n0, int64_t n1, const int32_t* prog, const double* thr,
         int n_nodes, int n_slots, const int32_t* root_ptr, const int32_t* root_rows, int at_all, R* out, int64_t ld) {
     using V = Row<R>;
     const int stride = 2 * T;  // rows of each of the 4 scratch arrays
@@ -141,6 +142,7 @@ int run(const R* x, int64_t N, int n_vars, int T, int64_t n0, int64_t n1, const 
                     nan |= src[t] != src[t];
                 }
             }
+        if (nan) break;  // these min/max do not propagate NaN: the caller falls back to the torch engine
         for (int i = 0; i < n_nodes; ++i) {
             const int32_t* p = prog + i * FIELDS;
             V* o = slots + size_t(p[OUT]) * T;
@@ -172,21 +174,21 @@ int run(const R* x, int64_t N, int n_vars, int T, int64_t n0, int64_t n1, const 
     }
     std::free(mem);
     std::atomic_thread_fence(std::memory_order_seq_cst);  // the streamed stores are visible to the caller's thread
-    return nan ? 2 : 0;  // 2: the input holds NaN, which these min/max do not propagate (the caller falls back)
+    return nan ? 2 : 0;
 }
 
 }  // namespace
 
 extern "C" {
 int stl_lanes() { return L; }
-int stl_robustness_f32(const float* x, int64_t N, int n_vars, int T, int64_t n0, int64_t n1, const int32_t* prog,
+int stl_robustness_f32(const float* x, int n_vars, int T, int64_t n0, int64_t n1, const int32_t* prog,
                        const double* thr, int n_nodes, int n_slots, const int32_t* root_ptr, const int32_t* root_rows,
                        int at_all, float* out, int64_t ld) {
-    return run<float>(x, N, n_vars, T, n0, n1, prog, thr, n_nodes, n_slots, root_ptr, root_rows, at_all, out, ld);
+    return run<float>(x, n_vars, T, n0, n1, prog, thr, n_nodes, n_slots, root_ptr, root_rows, at_all, out, ld);
 }
-int stl_robustness_f64(const double* x, int64_t N, int n_vars, int T, int64_t n0, int64_t n1, const int32_t* prog,
+int stl_robustness_f64(const double* x, int n_vars, int T, int64_t n0, int64_t n1, const int32_t* prog,
                        const double* thr, int n_nodes, int n_slots, const int32_t* root_ptr, const int32_t* root_rows,
                        int at_all, double* out, int64_t ld) {
-    return run<double>(x, N, n_vars, T, n0, n1, prog, thr, n_nodes, n_slots, root_ptr, root_rows, at_all, out, ld);
+    return run<double>(x, n_vars, T, n0, n1, prog, thr, n_nodes, n_slots, root_ptr, root_rows, at_all, out, ld);
 }
 }

@@ -74,7 +74,7 @@ def library() -> ctypes.CDLL | None:
     for name in ("stl_robustness_f32", "stl_robustness_f64"):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                        ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
     return lib
@@ -143,7 +143,7 @@ class NativePlan:
                 self.root_rows.data_ptr(), self.at == "all", out.data_ptr(), ld)
 
         def part(n0: int, n1: int) -> None:
-            code = fn(x.data_ptr(), N, n_vars, T, n0, n1, *args)
+            code = fn(x.data_ptr(), n_vars, T, n0, n1, *args)
             if code == 2:
                 raise NaNInputError("the trajectories hold NaN, which the fused kernel does not propagate")
             if code:
