@@ -68,8 +68,9 @@ def library() -> ctypes.CDLL | None:
                 Path(tmp).unlink(missing_ok=True)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
-        warnings.warn(f"stldec: the fused CPU robustness kernel could not be built ({e}); using the torch engine",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(f"stldec: the fused CPU robustness kernel could not be built ({e}); using the torch engine "
+                      "(set CXX to a C++17 compiler, or STLDEC_CACHE to a writable folder)", RuntimeWarning,
+                      stacklevel=2)
         return None
     for name in ("stl_robustness_f32", "stl_robustness_f64"):
         fn = getattr(lib, name)
