@@ -205,6 +205,8 @@ def test_bad_arguments():
         robustness("x_5 >= 0", walks(2))
     with pytest.raises(ValueError, match="shape"):
         robustness(FORMULAE, torch.zeros(3, 30))
+    with pytest.raises(ValueError, match="no sample"):
+        robustness(FORMULAE, torch.zeros(3, 3, 0), convention="textbook")
 
 
 @pytest.mark.parametrize("convention", ["reference", "textbook"])
@@ -330,5 +332,10 @@ def test_without_a_compiler_the_torch_engine_is_used(monkeypatch, tmp_path):
 def test_engine_errors():
     with pytest.raises(ValueError, match="unknown engine"):
         robustness(FORMULAE, walks(2), engine="fast")
+    if native.library() is not None:  # a plan called directly checks what the kernel would otherwise read past
+        plan = compile_plan(tuple(parse(f) for f in FORMULAE), 30, engine="native")
+        for bad in (walks(2, T=20), walks(2, n_vars=2), walks(2).half()):
+            with pytest.raises(ValueError, match=r"\(N, >= 3, 30\)"):
+                plan(bad)
     with pytest.raises(ValueError, match="CPU only"):
         compile_plan((parse(FORMULAE[0]),), 30, device="cuda", engine="native")

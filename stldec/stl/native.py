@@ -135,6 +135,10 @@ class NativePlan:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, n_vars, T) on the CPU, float32 or float64 -> (B, N) at t=0 (at="start"), or (B, N, T) (at="all";
         a transposed view of a (B, T, N) tensor, as the torch engine's)."""
+        if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() != 3
+                or x.shape[1] < self.n_vars or x.shape[2] != self.T):
+            raise ValueError(f"this plan takes CPU float32/float64 trajectories (N, >= {self.n_vars}, {self.T}); got "
+                             f"{tuple(x.shape)} {x.dtype} on {x.device}")
         lib, (N, n_vars, T) = library(), x.shape
         x = x.contiguous()
         ld = -(-N // 16) * 16 if self.at == "all" else N  # rows padded to whole vectors: aligned streaming stores

@@ -530,6 +530,8 @@ def robustness(formulae: Formula | str | Sequence[Formula | str], trajectories: 
     if not isinstance(trajectories, torch.Tensor) or trajectories.dim() != 3:
         raise ValueError("trajectories must be a tensor of shape (N, n_vars, T)")
     N, n_vars, T = trajectories.shape
+    if T == 0:
+        raise ValueError("trajectories of shape (N, n_vars, 0) have no sample to evaluate")
     x = trajectories.detach().to(torch.float64 if trajectories.dtype == torch.float64 else torch.float32)
     plan = compile_plan(fs, T, convention, str(x.device), at, engine)  # checks the horizons (once per batch)
     if plan.n_vars > n_vars:
