@@ -156,10 +156,11 @@ class NativePlan:
 
         lanes = lib.stl_lanes()
         blocks = -(-N // lanes)
-        k = max(1, min(torch.get_num_threads(), blocks))
+        threads = torch.get_num_threads()
+        k = max(1, min(threads, blocks))
         cuts = [min(N, lanes * (blocks * j // k)) for j in range(k + 1)]
         if k == 1:
             part(0, N)
         else:
-            list(_pool(k, os.getpid()).map(part, cuts[:-1], cuts[1:]))
+            list(_pool(threads, os.getpid()).map(part, cuts[:-1], cuts[1:]))
         return out[..., :N].transpose(1, 2) if self.at == "all" else out  # (B, N, T), trajectories contiguous
