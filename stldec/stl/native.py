@@ -140,8 +140,9 @@ class NativePlan:
             raise ValueError(f"this plan takes CPU float32/float64 trajectories (N, >= {self.n_vars}, {self.T}); got "
                              f"{tuple(x.shape)} {x.dtype} on {x.device}")
         lib, (N, n_vars, T) = library(), x.shape
-        x = x.contiguous()
-        ld = -(-N // 16) * 16 if self.at == "all" else N  # rows padded to whole vectors: aligned streaming stores
+        x, lanes = x.contiguous(), lib.stl_lanes()
+        blocks = -(-N // lanes)
+        ld = blocks * lanes if self.at == "all" else N  # rows padded to whole vectors: aligned streaming stores
         out = x.new_empty((self.n_roots, T, ld) if self.at == "all" else (self.n_roots, N))
         fn = lib.stl_robustness_f64 if x.dtype == torch.float64 else lib.stl_robustness_f32
         args = (self.prog.data_ptr(), self.thr.data_ptr(), len(self.prog), self.n_slots, self.root_ptr.data_ptr(),
@@ -154,8 +155,6 @@ class NativePlan:
             if code:
                 raise MemoryError("stldec: the fused robustness kernel could not allocate its workspace")
 
-        lanes = lib.stl_lanes()
-        blocks = -(-N // lanes)
         threads = torch.get_num_threads()
         k = max(1, min(threads, blocks))
         cuts = [min(N, lanes * (blocks * j // k)) for j in range(k + 1)]
