@@ -36,7 +36,6 @@ class StlDecConfig(PreTrainedConfig):
     """
 
     model_type = "stldec"
-    keys_to_ignore_at_inference = ["past_key_values"]
 
     vocab_size: int = 32
     hidden_size: int = 192

@@ -24,6 +24,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration import StlDecConfig
@@ -81,23 +82,22 @@ class StlDecAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], -1, self.head_dim).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, past_key_values: Cache | None = None,
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, cache: Cache | None = None,
                 memory: torch.Tensor | None = None, **kwargs):
-        if self.is_cross_attention:  # past_key_values is an EncoderDecoderCache or None
+        if self.is_cross_attention:  # cache is an EncoderDecoderCache or None
             query = self._heads(self.q_proj(hidden_states))
-            cache = past_key_values.cross_attention_cache if past_key_values is not None else None
-            if cache is not None and past_key_values.is_updated.get(self.layer_idx, False):
-                key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+            cross = cache.cross_attention_cache if cache is not None else None
+            if cross is not None and cache.is_updated.get(self.layer_idx, False):
+                key, value = cross.layers[self.layer_idx].keys, cross.layers[self.layer_idx].values
             else:
                 key, value = map(self._heads, self.kv_proj(memory).chunk(2, dim=-1))  # (B, H, M, D)
-                if cache is not None:
-                    key, value = cache.update(key, value, self.layer_idx)
-                    past_key_values.is_updated[self.layer_idx] = True
+                if cross is not None:
+                    key, value = cross.update(key, value, self.layer_idx)
+                    cache.is_updated[self.layer_idx] = True
         else:
             query, key, value = map(self._heads, self.qkv_proj(hidden_states).chunk(3, dim=-1))  # (B, H, T, D)
-            if past_key_values is not None:
-                cache = getattr(past_key_values, "self_attention_cache", past_key_values)
-                key, value = cache.update(key, value, self.layer_idx)
+            if cache is not None:
+                key, value = getattr(cache, "self_attention_cache", cache).update(key, value, self.layer_idx)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
         out, weights = attention(self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
@@ -130,11 +130,11 @@ class StlDecBlock(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, memory: torch.Tensor | None = None, attention_mask=None,
-                past_key_values: Cache | None = None, **kwargs) -> torch.Tensor:
+                cache: Cache | None = None, **kwargs) -> torch.Tensor:
         x = hidden_states  # (B, T, C); memory (B, M, C), None once the cross keys/values are cached
-        x = x + self.dropout(self.attn(self.ln_attn(x), attention_mask, past_key_values, **kwargs)[0])
+        x = x + self.dropout(self.attn(self.ln_attn(x), attention_mask, cache, **kwargs)[0])
         if hasattr(self, "cross_attn"):
-            x = x + self.dropout(self.cross_attn(self.ln_cross(x), None, past_key_values, memory, **kwargs)[0])
+            x = x + self.dropout(self.cross_attn(self.ln_cross(x), None, cache, memory, **kwargs)[0])
         return x + self.dropout(self.mlp(self.ln_mlp(x)))
 
 
@@ -144,7 +144,6 @@ class StlDecPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["StlDecBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
@@ -169,14 +168,14 @@ class StlDecModel(StlDecPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def _memory(self, formula_embedding: torch.Tensor | None, past_key_values: Cache | None, batch_size: int):
+    def _memory(self, formula_embedding: torch.Tensor | None, cache: Cache | None, batch_size: int):
         """Memory tokens `(B, M, C)`, or None when not needed (no cross-attention, or cross keys/values cached)."""
         if not self.config.add_cross_attention:
             if formula_embedding is not None:
                 raise ValueError("this model has no cross-attention (config.add_cross_attention=False): it takes no "
                                  "formula_embedding")
             return None
-        if past_key_values is not None and past_key_values.is_updated.get(0, False):
+        if cache is not None and cache.is_updated.get(0, False):
             return None
         if formula_embedding is None:
             raise ValueError(f"this decoder is conditional (config.add_cross_attention=True): pass formula_embedding, "
@@ -186,12 +185,13 @@ class StlDecModel(StlDecPreTrainedModel):
         return self.memory(formula_embedding)
 
     @capture_outputs
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")  # the name before transformers 5.25
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         formula_embedding: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -207,12 +207,12 @@ class StlDecModel(StlDecPreTrainedModel):
 
         use_cache = self.config.use_cache if use_cache is None else use_cache
         use_cache = use_cache and self.config.is_decoder and not (self.gradient_checkpointing and self.training)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        if self.config.add_cross_attention and past_key_values is not None and not isinstance(
-                past_key_values, EncoderDecoderCache):  # generate() hands decoder-only models a plain DynamicCache
-            past_key_values = EncoderDecoderCache(past_key_values, DynamicCache(config=self.config))
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if self.config.add_cross_attention and cache is not None and not isinstance(
+                cache, EncoderDecoderCache):  # generate() hands decoder-only models a plain DynamicCache
+            cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))
+        past_length = cache.get_seq_length() if cache is not None else 0
         if past_length + length > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {past_length + length} tokens is longer than max_position_embeddings "
                              f"({self.config.max_position_embeddings})")
@@ -225,16 +225,16 @@ class StlDecModel(StlDecPreTrainedModel):
 
         if self.config.is_decoder:
             mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                      past_key_values=past_key_values, position_ids=position_ids)
+                                      cache=cache, position_ids=position_ids)
         else:
             mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds,
                                              attention_mask=attention_mask)
-        memory = self._memory(formula_embedding, past_key_values, batch_size)  # (B, M, C) or None
+        memory = self._memory(formula_embedding, cache, batch_size)  # (B, M, C) or None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, memory, attention_mask=mask, past_key_values=past_key_values,
+            hidden_states = layer(hidden_states, memory, attention_mask=mask, cache=cache,
                                   **kwargs)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.norm(hidden_states),
-                                                         past_key_values=past_key_values if use_cache else None)
+                                                         cache=cache if use_cache else None)
 
 
 class StlDecForCausalLM(StlDecPreTrainedModel, GenerationMixin):
@@ -253,12 +253,13 @@ class StlDecForCausalLM(StlDecPreTrainedModel, GenerationMixin):
         self.post_init()
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         formula_embedding: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -267,11 +268,11 @@ class StlDecForCausalLM(StlDecPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithCrossAttentions:
         out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                         cache=cache, inputs_embeds=inputs_embeds,
                          formula_embedding=formula_embedding, use_cache=use_cache, **kwargs)
         logits = self.lm_head(slice_logits_to_keep(out.last_hidden_state, logits_to_keep))  # (B, T, V)
         loss = None if labels is None else self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, past_key_values=out.past_key_values,
+        return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, cache=out.cache,
                                                  hidden_states=out.hidden_states, attentions=out.attentions,
                                                  cross_attentions=out.cross_attentions)
 

@@ -83,9 +83,13 @@ def test_cached_equals_uncached(attn, memory_tokens):
     out, steps = m(ids[:, :3], formula_embedding=emb, use_cache=True), []
     for t in range(3, ids.shape[1]):  # continue from the returned cache one token at a time
         steps.append(out.logits[:, -1])
-        out = m(ids[:, t : t + 1], formula_embedding=emb, past_key_values=out.past_key_values)
+        out = m(ids[:, t : t + 1], formula_embedding=emb, cache=out.cache)
     steps.append(out.logits[:, -1])
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 2:], atol=1e-5, rtol=1e-5)
+    old = m(ids[:, :3], formula_embedding=emb, use_cache=True).cache  # the keyword before transformers 5.25
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        old = m(ids[:, 3:4], formula_embedding=emb, past_key_values=old).logits[:, -1]
+    torch.testing.assert_close(old, full[:, 3], atol=1e-5, rtol=1e-5)
     for kwargs in (dict(do_sample=False), dict(num_beams=3, num_return_sequences=2)):
         cached = m.generate(formula_embedding=emb, max_new_tokens=24, min_new_tokens=24, **kwargs)
         uncached = m.generate(formula_embedding=emb, max_new_tokens=24, min_new_tokens=24, use_cache=False, **kwargs)
