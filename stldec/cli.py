@@ -61,15 +61,23 @@ def read_table(path: str):
     return df
 
 
-def write_table(df, path: str) -> None:
-    """Write atomically (temporary name, then rename). CSV stores `embedding` as JSON text; floats are exact."""
+def write_table(df, path: str, *, encoder: str | None = None) -> None:
+    """Write atomically (temporary name, then rename). CSV stores `embedding` as JSON text; floats are exact.
+    Parquet records `encoder` (the fingerprint of the encoder behind `embedding`) in its schema metadata."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .data import ENCODER_KEY
 
     fmt, tmp = _table_format(path), f"{path}.tmp"
     if fmt != ".parquet" and "embedding" in df:
         df = df.assign(embedding=[np.asarray(e, np.float32).tolist() for e in df["embedding"]])
     if fmt == ".parquet":
-        df.to_parquet(tmp, index=False)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if encoder is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), ENCODER_KEY: encoder.encode()})
+        pq.write_table(table, tmp)
     elif fmt == ".csv":
         df = df.assign(embedding=[json.dumps(e) for e in df["embedding"]]) if "embedding" in df else df
         df.to_csv(tmp, index=False)
@@ -127,7 +135,8 @@ def embed(args: argparse.Namespace) -> None:
 
     Each chunk of `--chunk` formulae is written atomically to OUT.parts/part-NNNNN.parquet next to a manifest
     holding the input's hash and the encoder's fingerprint; a rerun checks both, skips finished parts and, once
-    all are there, assembles OUT and removes the parts.
+    all are there, assembles OUT and removes the parts. A Parquet OUT records the encoder's fingerprint (training
+    and `data.load_formulae` refuse it with another encoder); CSV and JSONL have nowhere to keep it.
     """
     import hashlib
     import shutil
@@ -182,7 +191,7 @@ def embed(args: argparse.Namespace) -> None:
     D = encoder.embedding_dim
     z = [pq.read_table(p)["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, D) for p in files]
     z = np.concatenate(z) if z else np.zeros((0, D), np.float32)  # (n_rows, D)
-    write_table(df.assign(embedding=list(z)), args.out)
+    write_table(df.assign(embedding=list(z)), args.out, encoder=encoder.fingerprint)
     shutil.rmtree(parts)
     print(f"wrote {len(df)} embeddings of dimension {encoder.embedding_dim} to {args.out} ({encoder.fingerprint})")
 

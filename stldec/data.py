@@ -34,6 +34,7 @@ import torch
 from .stl import FormulaGenerator, StlKernelEncoder, parse
 
 BUILD_META = "stldec_dataset.json"
+ENCODER_KEY = b"stldec.encoder"  # Parquet schema metadata: the fingerprint of the encoder that made `embedding`
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 COLUMNS = ("formula", "depth", "embedding")
 
@@ -64,16 +65,16 @@ def load_formulae(path: str | os.PathLike, encoder: StlKernelEncoder | None = No
                   batch_size: int = 256) -> datasets.Dataset:
     """Read a formula file or dataset folder as a `datasets.Dataset` with columns formula, depth[, embedding].
 
-    Without an `embedding` column the rows are embedded with `encoder` when one is given. A folder written by
-    `build_dataset` refuses an `encoder` other than the one that built it.
+    Without an `embedding` column the rows are embedded with `encoder` when one is given. A file or folder whose
+    embeddings record their encoder (see `built_with`) refuses a different `encoder`.
     """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"data file {str(p)!r} not found")
+    if encoder is not None and built_with(p) not in (None, encoder.fingerprint):
+        raise ValueError(f"{p} was embedded by encoder {built_with(p)}, not by the given {encoder.fingerprint}")
     if p.is_dir() and (p / BUILD_META).is_file():
         meta = json.loads((p / BUILD_META).read_text())
-        if encoder is not None and encoder.fingerprint != built_with(p):
-            raise ValueError(f"{p} was embedded by encoder {built_with(p)}, not by the given {encoder.fingerprint}")
         shards = [str(p / _shard_name(i)) for i in range(meta["n_shards"])]
         missing = [s for s in shards if not os.path.exists(s)]
         if missing:
@@ -100,9 +101,14 @@ def add_embeddings(ds: datasets.Dataset, encoder: StlKernelEncoder, *, batch_siz
 
 
 def built_with(path: str | os.PathLike) -> str | None:
-    """The encoder fingerprint recorded by `build_dataset` in `path` (None for other files)."""
-    meta = Path(path) / BUILD_META
-    return json.loads(meta.read_text())["encoder"]["fingerprint"] if meta.is_file() else None
+    """The fingerprint of the encoder that embedded `path`: recorded by `build_dataset` in its folder, or by
+    `stldec embed` in a Parquet file's schema metadata; None where nothing is recorded (CSV, JSONL, other files)."""
+    p = Path(path)
+    if (p / BUILD_META).is_file():
+        return json.loads((p / BUILD_META).read_text())["encoder"]["fingerprint"]
+    if p.suffix == ".parquet" and p.is_file():
+        return ((pq.read_schema(p).metadata or {}).get(ENCODER_KEY) or b"").decode() or None
+    return None
 
 
 def save_formulae(ds: datasets.Dataset, path: str | os.PathLike) -> None:

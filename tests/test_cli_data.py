@@ -84,3 +84,16 @@ def test_embed_with_saved_encoder(files):
     main(embed_args(files, "b.parquet"))
     a, b = read_table(str(files / "a.parquet")), read_table(str(files / "b.parquet"))
     np.testing.assert_array_equal(np.stack(a["embedding"]), np.stack(b["embedding"]))
+
+
+def test_embedded_parquet_records_its_encoder(files):
+    from stldec.data import built_with, load_formulae
+
+    main(embed_args(files, "out.parquet"))
+    main(embed_args(files, "out.csv"))
+    encoder = StlKernelEncoder(str(files / "anchors.txt"), **ENCODER)
+    assert built_with(files / "out.parquet") == encoder.fingerprint and built_with(files / "out.csv") is None
+    assert load_formulae(files / "out.parquet", encoder)["formula"] == PHIS
+    other = StlKernelEncoder(str(files / "anchors.txt"), seed=1, **ENCODER)
+    with pytest.raises(ValueError, match=f"embedded by encoder {encoder.fingerprint}, not by the given"):
+        load_formulae(files / "out.parquet", other)
