@@ -73,7 +73,7 @@ by digit and has no space tokens.
 
 ## Usage
 
-The code ships in this repository, so loading needs `trust_remote_code=True` and transformers >= 5.25 (no `stldec`
+The code ships in this repository, so loading needs `trust_remote_code=True` and transformers >= 5.24 (no `stldec`
 install required):
 
 ```python

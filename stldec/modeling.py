@@ -185,7 +185,7 @@ class StlDecModel(StlDecPreTrainedModel):
         return self.memory(formula_embedding)
 
     @capture_outputs
-    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")  # the name before transformers 5.25
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")  # the name before transformers 5.24
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -86,7 +86,7 @@ def test_cached_equals_uncached(attn, memory_tokens):
         out = m(ids[:, t : t + 1], formula_embedding=emb, cache=out.cache)
     steps.append(out.logits[:, -1])
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 2:], atol=1e-5, rtol=1e-5)
-    old = m(ids[:, :3], formula_embedding=emb, use_cache=True).cache  # the keyword before transformers 5.25
+    old = m(ids[:, :3], formula_embedding=emb, use_cache=True).cache  # the keyword before transformers 5.24
     with pytest.warns(FutureWarning, match="past_key_values"):
         old = m(ids[:, 3:4], formula_embedding=emb, past_key_values=old).logits[:, -1]
     torch.testing.assert_close(old, full[:, 3], atol=1e-5, rtol=1e-5)
