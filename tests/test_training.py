@@ -103,6 +103,21 @@ def test_checkpoints_at_the_step_interval_and_each_epoch_end(tmp_path):
     assert all((out / f"checkpoint-{s}" / "stldec_complete.json").is_file() for s in expected)
 
 
+def test_old_checkpoints_go_only_once_the_new_one_is_complete(tmp_path, monkeypatch):
+    deleted, rmtree = [], shutil.rmtree
+
+    def watched(path, *args, **kwargs):  # at each deletion: is the newest checkpoint already complete?
+        if Path(path).name.startswith("checkpoint-"):
+            newest = max(Path(path).parent.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+            deleted.append((Path(path).name, (newest / "stldec_complete.json").is_file()))
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", watched)
+    out = train(experiment(training={"max_steps": 6, "save_steps": 2, "save_total_limit": 1}), tmp_path / "r")
+    assert deleted == [("checkpoint-2", True), ("checkpoint-4", True)] and steps_saved(out) == [6]
+    assert last_complete_checkpoint(out) == out / "checkpoint-6"
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     e = experiment(model={"hidden_dropout_prob": 0.1},  # dropout: the RNG state must be restored too

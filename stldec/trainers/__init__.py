@@ -7,7 +7,6 @@
 from .experiment import DataSpec, Experiment, add_train_arguments, experiment_from_args, parse_train_args
 from .run import make_encoder, train
 from .trainer import (
-    CheckpointMarker,
     GroupedSampler,
     JsonlLogger,
     SaveAtEpochEnd,
@@ -18,6 +17,6 @@ from .trainer import (
     last_complete_checkpoint,
 )
 
-__all__ = ["CheckpointMarker", "DataSpec", "Experiment", "GroupedSampler", "JsonlLogger", "SaveAtEpochEnd",
+__all__ = ["DataSpec", "Experiment", "GroupedSampler", "JsonlLogger", "SaveAtEpochEnd",
            "StlTrainer", "checkpoints", "generate_texts", "generation_metrics", "last_complete_checkpoint",
            "make_encoder", "parse_train_args", "train", "add_train_arguments", "experiment_from_args"]

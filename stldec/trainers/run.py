@@ -26,7 +26,6 @@ import torch
 from .. import data as D
 from .experiment import Experiment
 from .trainer import (
-    CheckpointMarker,
     JsonlLogger,
     SaveAtEpochEnd,
     StlTrainer,
@@ -210,7 +209,7 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
     trainer = StlTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
         data_collator=D.StlCollator(tokenizer, head, mlm_probability=spec.mlm_probability, max_length=max_len),
-        callbacks=[SaveAtEpochEnd(), CheckpointMarker(), JsonlLogger()], encoder=encoder, generation_rows=gen_rows,
+        callbacks=[SaveAtEpochEnd(), JsonlLogger()], encoder=encoder, generation_rows=gen_rows,
         rewarm_lr=checkpoint_lr(experiment.rewarm_from) if experiment.rewarm_from else None,
         rewarm_optimizer=experiment.rewarm_from)
     if resume is not None:

@@ -1,8 +1,10 @@
 """`StlTrainer` (an HF `Trainer`) and the callbacks a training run needs.
 
 - Checkpoints: every `save_steps` (Trainer) and at each epoch end (`SaveAtEpochEnd`), never twice for one step.
-  `CheckpointMarker` writes `stldec_complete.json` into a checkpoint once every process has finished writing it;
-  `last_complete_checkpoint` only ever returns a marked one, so a checkpoint cut short by a crash is never resumed.
+  `StlTrainer` writes `stldec_complete.json` into a checkpoint once every process has finished writing it, and
+  only then deletes old checkpoints beyond `save_total_limit` (HF deletes them before any callback could mark the
+  new one: a crash in between left nothing to resume). `last_complete_checkpoint` only ever returns a marked one, so
+  a checkpoint cut short by a crash is never resumed.
 - `JsonlLogger`: every logged dict as one JSON line in `<output_dir>/metrics.jsonl`.
 - `StlTrainer`: length grouping with a sampler reseeded per epoch (so a resumed run draws the same batches), a
   `FormulaStream` fed to each process as is (already rank-aware: accelerate's shard wrapper would make every process
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -52,18 +55,6 @@ def checkpoint_lr(checkpoint: str | Path) -> float:
     """The learning rate the optimizer had when `checkpoint` was written."""
     state = torch.load(Path(checkpoint) / "optimizer.pt", map_location="cpu", weights_only=True)
     return float(state["param_groups"][0]["lr"])
-
-
-class CheckpointMarker(TrainerCallback):
-    """Marks a checkpoint complete once all processes have written their part of it."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-        if state.is_world_process_zero:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
-                (ckpt / MARKER).write_text(json.dumps({"global_step": state.global_step, "epoch": state.epoch}))
 
 
 class SaveAtEpochEnd(TrainerCallback):
@@ -192,6 +183,26 @@ class StlTrainer(Trainer):
             self.log(gen)
             metrics.update(gen)
         return metrics
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """HF's checkpoint, then (all processes done) the completion marker, then the rotation of old ones."""
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # HF would rotate before the marker
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if not self.args.should_save:
+            return
+        run_dir = Path(self._get_output_dir(trial=trial))
+        (run_dir / f"checkpoint-{self.state.global_step}" / MARKER).write_text(
+            json.dumps({"global_step": self.state.global_step, "epoch": self.state.epoch}))
+        if limit:  # keep the newest `limit` complete checkpoints and the best one
+            best = self.state.best_model_checkpoint
+            for old in checkpoints(run_dir)[:-limit]:
+                if best is None or old.resolve() != Path(best).resolve():
+                    shutil.rmtree(old, ignore_errors=True)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
