@@ -71,8 +71,8 @@ def load_formulae(path: str | os.PathLike, encoder: StlKernelEncoder | None = No
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"data file {str(p)!r} not found")
-    if encoder is not None and built_with(p) not in (None, encoder.fingerprint):
-        raise ValueError(f"{p} was embedded by encoder {built_with(p)}, not by the given {encoder.fingerprint}")
+    if encoder is not None:
+        check_built_with(p, encoder)
     if p.is_dir() and (p / BUILD_META).is_file():
         meta = json.loads((p / BUILD_META).read_text())
         shards = [str(p / _shard_name(i)) for i in range(meta["n_shards"])]
@@ -109,6 +109,13 @@ def built_with(path: str | os.PathLike) -> str | None:
     if p.suffix == ".parquet" and p.is_file():
         return ((pq.read_schema(p).metadata or {}).get(ENCODER_KEY) or b"").decode() or None
     return None
+
+
+def check_built_with(path: str | os.PathLike, encoder: StlKernelEncoder) -> None:
+    """Raise ValueError if `path` records that another encoder than `encoder` embedded it."""
+    made_by = built_with(path)
+    if made_by not in (None, encoder.fingerprint):
+        raise ValueError(f"{path} was embedded by encoder {made_by}, not by the given {encoder.fingerprint}")
 
 
 def save_formulae(ds: datasets.Dataset, path: str | os.PathLike) -> None:

@@ -231,8 +231,7 @@ class StlDecModel(StlDecPreTrainedModel):
                                              attention_mask=attention_mask)
         memory = self._memory(formula_embedding, cache, batch_size)  # (B, M, C) or None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, memory, attention_mask=mask, cache=cache,
-                                  **kwargs)
+            hidden_states = layer(hidden_states, memory, attention_mask=mask, cache=cache, **kwargs)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.norm(hidden_states),
                                                          cache=cache if use_cache else None)
 

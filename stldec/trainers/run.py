@@ -131,10 +131,9 @@ def build_datasets(experiment: Experiment, tokenizer):
     need = head == "decoder" and (generated or any(_embedding_dim(ds) is None for ds in files.values()))
     encoder = make_encoder(spec.encoder) if need or spec.encoder is not None else None
     if encoder is not None:
-        for k, p in (("train", spec.train), ("validation", spec.validation), ("test", spec.test)):
-            if p is not None and D.built_with(p) not in (None, encoder.fingerprint):
-                raise ValueError(f"data.{k} {p} was embedded by encoder {D.built_with(p)}, not data.encoder's "
-                                 f"{encoder.fingerprint}")
+        for p in (spec.train, spec.validation, spec.test):
+            if p is not None:
+                D.check_built_with(p, encoder)
     enc = encoder if head == "decoder" else None
     files = {k: D.add_embeddings(ds, enc) if enc is not None else ds for k, ds in files.items()}
     if spec.stream:
