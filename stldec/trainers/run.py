@@ -11,6 +11,7 @@ different one) + train/test metrics.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -35,6 +36,14 @@ from .trainer import (
 )
 
 VALIDATION_SEED_OFFSET = 1_000_003  # generated validation rows never share a generator seed with training rows
+
+
+@atexit.register
+def _destroy_process_group() -> None:
+    """A process group still alive at interpreter shutdown can abort the process (gloo: SIGABRT, "terminate called
+    without an active exception"); at exit every collective of the run has been matched, so destroying it is safe."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def default_arguments(experiment: Experiment, output_dir: str) -> dict:
