@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import re
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -340,7 +341,7 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
         result = compute_metrics(gold, decoded, encoder=encoder if embedding_metrics else None,
                                  gold_embeddings=embeddings, n_trajectories=n_trajectories, seed=metric_seed,
                                  n_vars=encoder.n_vars, n_points=encoder.n_points, depths=depths)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"  # unique even within one second
         run.update(test_path=str(test_path), n=len(gold), metrics={k: result[k] for k in ("overall", "by_depth")},
                    outputs=f"outputs/{run['key'][:16]}-{stamp}.parquet",  # a rejected rerun never overwrites
                    info=dict(decode_seconds=round(seconds, 3), formulae_per_second=round(len(gold) / seconds, 2),
