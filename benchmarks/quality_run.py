@@ -4,8 +4,9 @@ decoder on 500 formulae (depths 2-4) of ../shared/data/balanced_test_3000.csv.
     .venv/bin/python benchmarks/quality_run.py [--out outputs/quality] [--n_train 8000] [--max_steps 800]
 
 Steps, each resumable (rerun the same command after an interruption):
-1. a kernel encoder on the published 1024 anchors with `--n_trajectories` base-measure trajectories (seed 0), saved
-   with its anchor robustness to <out>/encoder;
+1. a kernel encoder on the published 1024 anchors with `--n_trajectories` base-measure trajectories (seed
+   `--encoder_seed`, 1: never the metrics' seed 0, so decode-time search cannot see the trajectories it is scored
+   on), saved with its anchor robustness to <out>/encoder;
 2. `--n_train` formulae of the generator preset `--preset` embedded into <out>/data (`stldec data build`);
 3. training of the `small` decoder (examples/configs/small.yaml sizes) into <out>/run;
 4. greedy decoding of the 500 test formulae (embedded by the same encoder) scored with `stldec.evaluation`
@@ -31,6 +32,7 @@ def main():
     p.add_argument("--anchors", default="../shared/data/anchors_1024.txt")
     p.add_argument("--test", default="../shared/data/balanced_test_3000.csv")
     p.add_argument("--n_trajectories", type=int, default=4000)
+    p.add_argument("--encoder_seed", type=int, default=1)
     p.add_argument("--preset", default="easy")
     p.add_argument("--n_train", type=int, default=8000)
     p.add_argument("--max_steps", type=int, default=800)
@@ -40,7 +42,7 @@ def main():
     out, t0 = Path(a.out), time.time()
 
     if not (out / "encoder" / "encoder_config.json").is_file():
-        enc = StlKernelEncoder(a.anchors, n_trajectories=a.n_trajectories, seed=0)
+        enc = StlKernelEncoder(a.anchors, n_trajectories=a.n_trajectories, seed=a.encoder_seed)
         enc.save_pretrained(out / "encoder", save_robustness=True)
     encoder = StlKernelEncoder.from_pretrained(out / "encoder")
     print(f"[{time.time() - t0:.0f}s] encoder {encoder.fingerprint}", flush=True)
