@@ -3,11 +3,15 @@
     texts = decode(model, tokenizer, embeddings)                                   # greedy, (B, D) -> B strings
     texts = decode(model, tokenizer, embeddings, strategy="beam", num_beams=4, constrained=True, n_vars=3)
     texts = decode(model, tokenizer, embeddings, strategy="rerank", k=8, encoder=encoder)
+    texts = decode(model, tokenizer, embeddings, strategy="refine", k=8, encoder=encoder, budget_s=0.5)
     nbest = decode(model, tokenizer, embeddings, n=5)                               # B lists of 5 strings
 
 - constrained=True masks tokens with `stldec.grammar.GrammarLogitsProcessor`: every output is a valid formula.
 - strategy="rerank" generates k candidates (beam or sampling) plus the greedy output, re-embeds them with the
   kernel encoder and keeps the one closest to the target embedding; never farther than greedy's.
+- strategy="refine" takes the same candidates (plus, with `library` > 0, that many generated formulae nearest to
+  the target) and searches from them against the target embedding (`stldec.refine`: thresholds fitted by gradient,
+  then window/operator/atom edits); never farther from the target than re-ranking's choice.
 - `decode` works batch by batch with a progress bar; given `parts_path` it appends each finished batch to a JSONL
   file, and a rerun with the same settings and inputs skips what is done.
 - Inputs: `read_inputs` (embedding files or formula tables), `load_model_encoder` / `check_encoder` (the encoder a
@@ -31,7 +35,7 @@ from transformers import LogitsProcessorList
 
 from .grammar import GrammarLogitsProcessor
 
-STRATEGIES = ("greedy", "beam", "sample", "rerank")
+STRATEGIES = ("greedy", "beam", "sample", "rerank", "refine")
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,10 @@ class DecodingConfig:
     strategy: greedy | beam (`num_beams`) | sample (`temperature`, `top_p`, `seed`) | rerank (`k` candidates from
         `pool` = beam or sample, plus the greedy output, re-embedded by the kernel encoder; the closest to the
         target by `distance` = cosine | l2 wins; a smaller formula within `size_tolerance` of the best distance is
-        preferred, never one farther than the greedy output).
+        preferred, never one farther than the greedy output) | refine (the rerank candidates, plus the `library`
+        generated formulae nearest to the target, refined by `stldec.refine.refine` for `rounds` rounds of a
+        threshold fit (`steps` Adam steps of size `lr`) and edit moves on the `top` closest candidates, within
+        `budget_s` seconds per formula (None: no limit; set it and the result depends on the machine's speed)).
     constrained: grammar-constrained decoding (valid formulae with variables < `n_vars` and time horizon <=
         `max_horizon`, None: unbounded). max_new_tokens: None = the model's max_position_embeddings - 1.
     dialect: the dialect of the returned text (the model always writes the reference dialect).
@@ -62,6 +69,12 @@ class DecodingConfig:
     size_tolerance: float = 0.0
     batch_size: int = 64
     dialect: str = "reference"
+    rounds: int = 3
+    steps: int = 15
+    lr: float = 0.05
+    top: int = 4
+    budget_s: float | None = None
+    library: int = 0
 
     def __post_init__(self):
         choices = {"strategy": STRATEGIES, "pool": ("beam", "sample"), "distance": ("cosine", "l2"),
@@ -69,22 +82,28 @@ class DecodingConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {valid}")
-        for name in ("num_beams", "k", "batch_size", "n_vars"):
+        for name in ("num_beams", "k", "batch_size", "n_vars", "top"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.temperature > 0 and 0 < self.top_p <= 1 and self.size_tolerance >= 0):
-            raise ValueError("need temperature > 0, 0 < top_p <= 1 and size_tolerance >= 0")
+        for name in ("rounds", "steps", "library"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1 and self.size_tolerance >= 0 and self.lr > 0):
+            raise ValueError("need temperature > 0, 0 < top_p <= 1, size_tolerance >= 0 and lr > 0")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise ValueError(f"budget_s must be > 0 seconds per formula (or None for no limit), got {self.budget_s}")
 
     @property
     def samples(self) -> bool:
-        return self.strategy == "sample" or (self.strategy == "rerank" and self.pool == "sample")
+        return self.strategy == "sample" or (self.strategy in ("rerank", "refine") and self.pool == "sample")
 
     def canonical(self) -> dict:
         """The settings that decide the output, defaults filled in, the others dropped; sorted by name."""
         keep = {"strategy", "constrained", "max_new_tokens", "dialect"}
         keep |= {"n_vars", "max_horizon"} if self.constrained else set()
         keep |= {"num_beams"} if self.strategy == "beam" else set()
-        keep |= {"k", "pool", "distance", "size_tolerance"} if self.strategy == "rerank" else set()
+        keep |= {"k", "pool", "distance", "size_tolerance"} if self.strategy in ("rerank", "refine") else set()
+        keep |= {"rounds", "steps", "lr", "top", "budget_s", "library"} if self.strategy == "refine" else set()
         keep |= {"temperature", "top_p", "seed", "batch_size"} if self.samples else set()  # a seed per batch
         return dict(sorted((k, v) for k, v in asdict(self).items() if k in keep))
 
@@ -167,8 +186,17 @@ def _decode_batch(model, tokenizer, e: torch.Tensor, cfg: DecodingConfig, proces
     pool = _generate(model, tokenizer, e, cfg, processors, n=cfg.k, beams=1 if cfg.samples else cfg.k,
                      sample=cfg.samples)
     rows = [g + [t for t in dict.fromkeys(p) if t != g[0]] for g, p in zip(greedy, pool)]
-    chosen = rerank(rows, e, encoder, distance=cfg.distance, size_tolerance=cfg.size_tolerance)
-    return [row[j] for row, j in zip(rows, chosen)]
+    if cfg.strategy == "rerank":
+        chosen = rerank(rows, e, encoder, distance=cfg.distance, size_tolerance=cfg.size_tolerance)
+        return [row[j] for row, j in zip(rows, chosen)]
+    from .refine import nearest_library, refine
+
+    candidates = [[_parse(t) for t in row] for row in rows]
+    if cfg.library:
+        candidates = [c + extra for c, extra in zip(candidates, nearest_library(e, encoder, cfg.library))]
+    found = refine(candidates, e, encoder, rounds=cfg.rounds, steps=cfg.steps, lr=cfg.lr, top=cfg.top,
+                   budget_s=cfg.budget_s, distance=cfg.distance, size_tolerance=cfg.size_tolerance)
+    return [row[0] if f is None else f[0].to_string() for row, f in zip(rows, found)]
 
 
 def _in_dialect(text: str, dialect: str) -> str:
@@ -202,7 +230,8 @@ def decode(model, tokenizer, embeddings, *, encoder=None, n: int = 0, parts_path
     from beam search with max(n, num_beams) beams, or from sampling when strategy="sample").
 
     settings: the fields of `DecodingConfig` (strategy, num_beams, k, temperature, top_p, constrained, n_vars, ...).
-    encoder: the kernel encoder, needed by strategy="rerank"; refused if the model was trained with another one.
+    encoder: the kernel encoder, needed by strategy="rerank" and "refine"; refused if the model was trained with
+    another one.
     parts_path: a JSONL file each finished batch is appended to; rerunning with the same settings and embeddings
     skips the batches it holds (an interrupted run resumes). progress: tqdm bar (None: when on a terminal).
     Bad input fails before any work (see `check_embeddings`).
@@ -210,8 +239,8 @@ def decode(model, tokenizer, embeddings, *, encoder=None, n: int = 0, parts_path
     cfg = DecodingConfig(**settings)
     cfg = replace(cfg, max_new_tokens=cfg.max_new_tokens or model.config.max_position_embeddings - 1)
     e = check_embeddings(embeddings, model.config.embedding_dim)
-    if cfg.strategy == "rerank" and not n and encoder is None:
-        raise ValueError("strategy='rerank' re-embeds the candidates: pass the kernel encoder (encoder=...)")
+    if cfg.strategy in ("rerank", "refine") and not n and encoder is None:
+        raise ValueError(f"strategy={cfg.strategy!r} re-embeds the candidates: pass the kernel encoder (encoder=...)")
     if encoder is not None:
         check_encoder(model, encoder)
     processors = LogitsProcessorList()

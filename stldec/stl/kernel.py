@@ -86,7 +86,7 @@ def unit_rows(rho: torch.Tensor) -> torch.Tensor:
 
 def cosine(ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
     """Cosine Gram matrix (A, B) of unit rows ua (A, N), ub (B, N); zero rows: 1 with each other, 0 otherwise."""
-    c = (ua @ ub.T).clamp_(-1.0, 1.0)
+    c = (ua @ ub.T).clamp(-1.0, 1.0)
     za, zb = ~ua.any(1), ~ub.any(1)
     return torch.where(za[:, None] & zb[None, :], torch.ones_like(c), c)
 
@@ -197,9 +197,15 @@ class StlKernelEncoder:
         formulae = self._prepare(formulae)
         out = torch.empty(len(formulae), self.embedding_dim)
         for i in range(0, len(formulae), batch_size):
-            u = unit_rows(self._robustness(formulae[i : i + batch_size]))  # (b, N)
-            out[i : i + batch_size] = torch.exp((cosine(u, self.anchor_units) - 1.0) / self.sigma2).cpu()
+            out[i : i + batch_size] = self.embed_robustness(self._robustness(formulae[i : i + batch_size])).cpu()
         return out
+
+    def embed_robustness(self, rho: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, D) from time-0 robustness rows (B, N) on the encoder's trajectories; differentiable in
+        `rho` (decode-time search and mining optimise through it). `encode` is this after the robustness."""
+        if rho.dim() != 2 or rho.shape[1] != self.n_trajectories:
+            raise ValueError(f"robustness must have shape (B, {self.n_trajectories}), got {tuple(rho.shape)}")
+        return torch.exp((cosine(unit_rows(rho), self.anchor_units.to(rho)) - 1.0) / self.sigma2)
 
     @torch.no_grad()
     def kernel(self, formulae_a: Formula | str | Sequence[Formula | str],
