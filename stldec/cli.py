@@ -327,7 +327,7 @@ def decode(args: argparse.Namespace) -> None:
         settings = {k: getattr(args, k) for k in ("strategy", "num_beams", "k", "pool", "temperature", "top_p",
                                                   "seed", "constrained", "max_new_tokens", "distance",
                                                   "size_tolerance", "batch_size", "dialect")}
-        settings["n_vars"] = args.n_vars or (encoder.n_vars if encoder else 3)
+        settings["n_vars"] = args.n_vars if args.n_vars is not None else (encoder.n_vars if encoder else 3)
         settings["max_horizon"] = args.max_horizon if args.max_horizon is not None else (
             encoder.n_points - 1 if encoder else None)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

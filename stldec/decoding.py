@@ -69,8 +69,8 @@ class DecodingConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {valid}")
-        for name in ("num_beams", "k", "batch_size", "n_vars"):
-            if getattr(self, name) < 1:
+        for name in ("num_beams", "k", "batch_size", "n_vars", "max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.temperature > 0 and 0 < self.top_p <= 1 and self.size_tolerance >= 0):
             raise ValueError("need temperature > 0, 0 < top_p <= 1 and size_tolerance >= 0")
@@ -208,7 +208,8 @@ def decode(model, tokenizer, embeddings, *, encoder=None, n: int = 0, parts_path
     Bad input fails before any work (see `check_embeddings`).
     """
     cfg = DecodingConfig(**settings)
-    cfg = replace(cfg, max_new_tokens=cfg.max_new_tokens or model.config.max_position_embeddings - 1)
+    if cfg.max_new_tokens is None:
+        cfg = replace(cfg, max_new_tokens=model.config.max_position_embeddings - 1)
     e = check_embeddings(embeddings, model.config.embedding_dim)
     if cfg.strategy == "rerank" and not n and encoder is None:
         raise ValueError("strategy='rerank' re-embeds the candidates: pass the kernel encoder (encoder=...)")

@@ -154,6 +154,9 @@ def test_decode_errors_before_work(model, encoder, tmp_path):
         decode(model, TOK, torch.zeros(1, 16), strategy="rerank")
     with pytest.raises(ValueError, match="strategy"):
         decode(model, TOK, torch.zeros(1, 16), strategy="beams")
+    for name in ("max_new_tokens", "n_vars"):  # 0 is an error, never replaced by the default
+        with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+            decode(model, TOK, torch.zeros(1, 16), constrained=True, **{name: 0})
     # a model folder records its training encoder: another one is refused
     model.save_pretrained(tmp_path / "m")
     encoder.save_pretrained(tmp_path / "m" / "encoder")
@@ -161,6 +164,15 @@ def test_decode_errors_before_work(model, encoder, tmp_path):
     other = StlKernelEncoder(encoder.anchors, n_trajectories=100, n_points=30)
     with pytest.raises(ValueError, match="trained with encoder"):
         decode(loaded, TOK, torch.zeros(1, 16), strategy="rerank", encoder=other)
+    from safetensors.torch import save_file
+
+    from stldec.cli import main
+
+    save_file({"embeddings": torch.zeros(1, 16)}, tmp_path / "e.safetensors")
+    for flag in ("--max_new_tokens", "--n_vars"):
+        with pytest.raises(SystemExit, match=f"{flag[2:]} must be >= 1, got 0"):
+            main(["decode", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "e.safetensors"), "--output",
+                  str(tmp_path / "out.csv"), "--constrained", flag, "0"])
 
 
 def test_decode_resumes_from_parts_file(model, tmp_path, monkeypatch):

@@ -207,6 +207,16 @@ def test_evaluate_refuses_another_encoder(saved_model):
               str(root / "other")])
 
 
+def test_evaluate_refuses_zero_settings(saved_model):
+    from stldec.cli import main
+
+    root, _ = saved_model
+    for flag in ("--max_new_tokens", "--n_vars"):  # an error naming the field, never replaced by the default
+        with pytest.raises(SystemExit, match=f"{flag[2:]} must be >= 1, got 0"):
+            main(["evaluate", "--model", str(root / "run"), "--test", str(root / "test.csv"), "--constrained",
+                  flag, "0"])
+
+
 def test_evaluate_module_loads_by_path():
     import evaluate
 
