@@ -182,8 +182,13 @@ def _resume(parts_path: Path, header: dict) -> dict[int, list]:
         parts_path.write_text(json.dumps(header) + "\n")
         return {}
     lines = parts_path.read_text().split("\n")
-    if json.loads(lines[0]) != header:
-        raise ValueError(f"{parts_path} holds a run with other settings or inputs; delete it or choose another path")
+    try:
+        same = json.loads(lines[0]) == header
+    except json.JSONDecodeError:  # not a parts file: someone else's, never overwritten
+        same = False
+    if not same:
+        raise ValueError(f"{parts_path} holds a run with other settings or inputs (or is not a decoding parts file); "
+                         "delete it or choose another path")
     done = {}
     for line in lines[1:]:
         try:

@@ -190,6 +190,26 @@ def test_decode_resumes_from_parts_file(model, tmp_path, monkeypatch):
     assert len(calls) == 2 and len(parts.read_text().splitlines()) == 5
     with pytest.raises(ValueError, match="other settings or inputs"):
         decode(model, TOK, e, strategy="greedy", batch_size=2, parts_path=parts)
+    parts.write_text("my notes\n")  # a file of the same name that is not ours: refused, left as it is
+    with pytest.raises(ValueError, match="not a decoding parts file"):
+        decode(model, TOK, e, strategy="sample", batch_size=2, parts_path=parts)
+    assert parts.read_text() == "my notes\n"
+
+
+def test_decode_cli_removes_only_its_own_parts_files(model, tmp_path):
+    from safetensors.torch import save_file
+
+    from stldec.cli import main
+
+    model.config.embedding_dim = 16
+    model.save_pretrained(tmp_path / "m")
+    save_file({"embeddings": torch.rand(3, 16)}, tmp_path / "e.safetensors")
+    mine = tmp_path / "out.csv.nbest.parts.jsonl"  # not written by a run without --nbest: not deleted by it
+    mine.write_text("my notes\n")
+    main(["decode", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "e.safetensors"), "--output",
+          str(tmp_path / "out.csv"), "--max_new_tokens", "8"])
+    assert (tmp_path / "out.csv").is_file() and not (tmp_path / "out.csv.parts.jsonl").exists()
+    assert mine.read_text() == "my notes\n"
 
 
 def test_canonical_settings_drop_irrelevant_keys():
