@@ -433,12 +433,15 @@ def registry(args: argparse.Namespace) -> None:
     """List the evaluation runs of a registry, or merge registries from other machines into it (conflicts reported)."""
     from .registry import Registry, format_conflicts
 
-    reg = Registry(args.registry)
     conflicts = []
-    for other in args.merge or ():
-        added, found = reg.merge(other)
-        conflicts += found
-        print(f"{other}: {added} runs added, {len(found)} conflicts")
+    try:
+        reg = Registry(args.registry, read_only=not args.merge)  # listing never creates or writes the file
+        for other in args.merge or ():
+            added, found = reg.merge(other)
+            conflicts += found
+            print(f"{other}: {added} runs added, {len(found)} conflicts")
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"stldec registry: {e}") from None
     if not args.merge:
         for r in reg.runs():
             o = r["metrics"]["overall"]

@@ -207,14 +207,16 @@ def test_evaluate_refuses_another_encoder(saved_model):
               str(root / "other")])
 
 
-def test_evaluate_refuses_zero_settings(saved_model):
+def test_evaluate_refuses_zero_settings_and_a_registry_that_is_not_one(saved_model):
     from stldec.cli import main
 
     root, _ = saved_model
+    base = ["evaluate", "--model", str(root / "run"), "--test", str(root / "test.csv"), "--constrained"]
     for flag in ("--max_new_tokens", "--n_vars"):  # an error naming the field, never replaced by the default
         with pytest.raises(SystemExit, match=f"{flag[2:]} must be >= 1, got 0"):
-            main(["evaluate", "--model", str(root / "run"), "--test", str(root / "test.csv"), "--constrained",
-                  flag, "0"])
+            main([*base, flag, "0"])
+    with pytest.raises(SystemExit, match=r"test.csv is not an SQLite registry \(file is not a database\)"):
+        main([*base, "--registry", str(root / "test.csv")])
 
 
 def test_evaluate_module_loads_by_path():
