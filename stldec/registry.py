@@ -17,12 +17,15 @@ file, or one that is not a registry, is an error naming it, and the source is ne
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import sqlite3
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -146,6 +149,30 @@ class Registry:
             raise ValueError(f"{self.path}: run {run['key'][:12]} has outputs {run['outputs']!r}, not a relative path "
                              "inside the registry folder")
         return self.path.parent / name
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold run `key` exclusively while computing it (`fcntl.flock` on `outputs/KEY.lock`): an identical run
+        started meanwhile (another job on the same registry) waits here, with a message, then finds the finished run
+        instead of sharing its parts file. The holder removes the lock file; a waiter that then holds a removed file
+        locks the new one."""
+        path = self.outputs_dir / f"{key[:16]}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            f = open(path, "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for an identical run to finish (it holds {path})", file=sys.stderr, flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            if path.exists() and os.path.samestat(os.fstat(f.fileno()), path.stat()):
+                break
+            f.close()
+        try:
+            yield
+        finally:
+            path.unlink()
+            f.close()
 
     def checkpoints_of(self, run: Mapping) -> list[dict]:
         """Runs of the same training run folder (the model or its `checkpoint-N` siblings) with the same strategy,
