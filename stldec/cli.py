@@ -135,11 +135,11 @@ def embed(args: argparse.Namespace) -> None:
 
     Each chunk of `--chunk` formulae is written atomically to OUT.parts/part-NNNNN.parquet next to a manifest
     holding the input's hash and the encoder's fingerprint; a rerun checks both, skips finished parts and, once
-    all are there, assembles OUT and removes the parts. A Parquet OUT records the encoder's fingerprint (training
-    and `data.load_formulae` refuse it with another encoder); CSV and JSONL have nowhere to keep it.
+    all are there, assembles OUT and removes the parts (its own files only; an OUT.parts it did not make is
+    refused). A Parquet OUT records the encoder's fingerprint (training and `data.load_formulae` refuse it with
+    another encoder); CSV and JSONL have nowhere to keep it.
     """
     import hashlib
-    import shutil
 
     import numpy as np
     import pyarrow as pa
@@ -171,6 +171,9 @@ def embed(args: argparse.Namespace) -> None:
             raise SystemExit(f"stldec embed: {parts} holds parts of another input, chunk size or encoder; "
                              "delete it or use the same arguments")
     else:
+        if parts.exists() and (not parts.is_dir() or any(parts.iterdir())):
+            raise SystemExit(f"stldec embed: {parts} exists and was not made by stldec embed (no manifest.json); "
+                             "move it or choose another --out")
         parts.mkdir(parents=True, exist_ok=True)
         (parts / "manifest.json.tmp").write_text(json.dumps(manifest, indent=2) + "\n")
         os.replace(parts / "manifest.json.tmp", parts / "manifest.json")
@@ -192,7 +195,12 @@ def embed(args: argparse.Namespace) -> None:
     z = [pq.read_table(p)["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, D) for p in files]
     z = np.concatenate(z) if z else np.zeros((0, D), np.float32)  # (n_rows, D)
     write_table(df.assign(embedding=list(z)), args.out, encoder=encoder.fingerprint)
-    shutil.rmtree(parts)
+    ours = {p.name for p in files} | {"manifest.json"}
+    for p in parts.iterdir():  # only what this command wrote (and its temporary files): nothing else is deleted
+        if p.name.removesuffix(".tmp") in ours:
+            p.unlink()
+    if not any(parts.iterdir()):
+        parts.rmdir()
     print(f"wrote {len(df)} embeddings of dimension {encoder.embedding_dim} to {args.out} ({encoder.fingerprint})")
 
 
@@ -327,7 +335,7 @@ def decode(args: argparse.Namespace) -> None:
         settings = {k: getattr(args, k) for k in ("strategy", "num_beams", "k", "pool", "temperature", "top_p",
                                                   "seed", "constrained", "max_new_tokens", "distance",
                                                   "size_tolerance", "batch_size", "dialect")}
-        settings["n_vars"] = args.n_vars or (encoder.n_vars if encoder else 3)
+        settings["n_vars"] = args.n_vars if args.n_vars is not None else (encoder.n_vars if encoder else 3)
         settings["max_horizon"] = args.max_horizon if args.max_horizon is not None else (
             encoder.n_points - 1 if encoder else None)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -343,7 +351,7 @@ def decode(args: argparse.Namespace) -> None:
     if nbest is not None:
         df["nbest"] = [json.dumps(r) for r in nbest]
     write_table(df, args.output)
-    for p in (parts, f"{args.output}.nbest.parts.jsonl"):
+    for p in (parts, f"{args.output}.nbest.parts.jsonl") if args.nbest else (parts,):  # only files this run used
         Path(p).unlink(missing_ok=True)
     print(f"{len(texts)} formulae decoded ({args.strategy}{', constrained' if args.constrained else ''}) "
           f"-> {args.output}")
@@ -425,12 +433,15 @@ def registry(args: argparse.Namespace) -> None:
     """List the evaluation runs of a registry, or merge registries from other machines into it (conflicts reported)."""
     from .registry import Registry, format_conflicts
 
-    reg = Registry(args.registry)
     conflicts = []
-    for other in args.merge or ():
-        added, found = reg.merge(other)
-        conflicts += found
-        print(f"{other}: {added} runs added, {len(found)} conflicts")
+    try:
+        reg = Registry(args.registry, read_only=not args.merge)  # listing never creates or writes the file
+        for other in args.merge or ():
+            added, found = reg.merge(other)
+            conflicts += found
+            print(f"{other}: {added} runs added, {len(found)} conflicts")
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"stldec registry: {e}") from None
     if not args.merge:
         for r in reg.runs():
             o = r["metrics"]["overall"]

@@ -82,8 +82,8 @@ class DecodingConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {valid}")
-        for name in ("num_beams", "k", "batch_size", "n_vars", "top"):
-            if getattr(self, name) < 1:
+        for name in ("num_beams", "k", "batch_size", "n_vars", "top", "max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("rounds", "steps", "library"):
             if getattr(self, name) < 0:
@@ -210,8 +210,13 @@ def _resume(parts_path: Path, header: dict) -> dict[int, list]:
         parts_path.write_text(json.dumps(header) + "\n")
         return {}
     lines = parts_path.read_text().split("\n")
-    if json.loads(lines[0]) != header:
-        raise ValueError(f"{parts_path} holds a run with other settings or inputs; delete it or choose another path")
+    try:
+        same = json.loads(lines[0]) == header
+    except json.JSONDecodeError:  # not a parts file: someone else's, never overwritten
+        same = False
+    if not same:
+        raise ValueError(f"{parts_path} holds a run with other settings or inputs (or is not a decoding parts file); "
+                         "delete it or choose another path")
     done = {}
     for line in lines[1:]:
         try:
@@ -237,7 +242,8 @@ def decode(model, tokenizer, embeddings, *, encoder=None, n: int = 0, parts_path
     Bad input fails before any work (see `check_embeddings`).
     """
     cfg = DecodingConfig(**settings)
-    cfg = replace(cfg, max_new_tokens=cfg.max_new_tokens or model.config.max_position_embeddings - 1)
+    if cfg.max_new_tokens is None:
+        cfg = replace(cfg, max_new_tokens=model.config.max_position_embeddings - 1)
     e = check_embeddings(embeddings, model.config.embedding_dim)
     if cfg.strategy in ("rerank", "refine") and not n and encoder is None:
         raise ValueError(f"strategy={cfg.strategy!r} re-embeds the candidates: pass the kernel encoder (encoder=...)")

@@ -29,6 +29,7 @@ formulae (chunked to bound memory), never formula by formula.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -282,7 +283,8 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
     ~0.7 s on the torch engine, so opt-in); gold embeddings come from the test file's `embedding` column, else from
     the encoder.
     registry: SQLite file; a run with the same key (model, weights, step, canonical settings, metric settings, test
-    set) is reused instead of recomputed unless `force`. report: folder for report.md + plots (+ predictions.csv when
+    set) is reused instead of recomputed unless `force`; an identical run in progress (another job on the same
+    registry) is waited for, then reused (`Registry.lock`). report: folder for report.md + plots (+ predictions.csv when
     there is no registry). Returns compute_metrics' dict plus `run` (the registry row), `reused` and `conflict`.
     """
     import pandas as pd
@@ -322,37 +324,37 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
                                     embedding_metrics=embedding_metrics))
     run["key"] = run_key(**run)
     reg = Registry(registry) if registry is not None else None
-    old = reg.get(run["key"]) if reg is not None and not force else None
-    if old is not None and reg.outputs_path(old).is_file():
-        rows = pd.read_parquet(reg.outputs_path(old)).to_dict(orient="records")
-        result = {**old["metrics"], "rows": rows, "run": old, "reused": True, "conflict": None}
-    else:
-        model = StlDecForCausalLM.from_pretrained(model_dir).to(device or encoder.device)
-        tokenizer = StlTokenizer.from_pretrained(model_dir) if (model_dir / "vocab.json").is_file() else StlTokenizer()
-        embeddings = (torch.tensor(ds["embedding"], dtype=torch.float32) if "embedding" in ds.column_names
-                      else encoder.encode(gold))
-        parts = reg.outputs_dir / f"{run['key'][:16]}.parts.jsonl" if reg is not None else None
-        if parts is not None:
-            parts.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        decoded = decode(model, tokenizer, embeddings, encoder=encoder, parts_path=parts, progress=progress,
-                         **settings)
-        seconds = time.perf_counter() - start
-        result = compute_metrics(gold, decoded, encoder=encoder if embedding_metrics else None,
-                                 gold_embeddings=embeddings, n_trajectories=n_trajectories, seed=metric_seed,
-                                 n_vars=encoder.n_vars, n_points=encoder.n_points, depths=depths)
-        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"  # unique even within one second
-        run.update(test_path=str(test_path), n=len(gold), metrics={k: result[k] for k in ("overall", "by_depth")},
-                   outputs=f"outputs/{run['key'][:16]}-{stamp}.parquet",  # a rejected rerun never overwrites
-                   info=dict(decode_seconds=round(seconds, 3), formulae_per_second=round(len(gold) / seconds, 2),
-                             device=str(model.device), host=platform.node()))
-        result.update(run=run, reused=False, conflict=None)
-        if reg is not None:
-            pd.DataFrame(result["rows"]).to_parquet(reg.outputs_path(run), index=False)
-            result["conflict"] = reg.add(run)
-            if not result["conflict"] and reg.get(run["key"])["outputs"] != run["outputs"]:
-                reg.outputs_path(run).unlink()  # an identical rerun (--force): the stored outputs stand
-            parts.unlink()
+    with reg.lock(run["key"]) if reg is not None else contextlib.nullcontext():  # an identical run waits, then reuses
+        old = reg.get(run["key"]) if reg is not None and not force else None
+        if old is not None and reg.outputs_path(old).is_file():
+            rows = pd.read_parquet(reg.outputs_path(old)).to_dict(orient="records")
+            result = {**old["metrics"], "rows": rows, "run": old, "reused": True, "conflict": None}
+        else:
+            model = StlDecForCausalLM.from_pretrained(model_dir).to(device or encoder.device)
+            tokenizer = (StlTokenizer.from_pretrained(model_dir) if (model_dir / "vocab.json").is_file()
+                         else StlTokenizer())
+            embeddings = (torch.tensor(ds["embedding"], dtype=torch.float32) if "embedding" in ds.column_names
+                          else encoder.encode(gold))
+            parts = reg.outputs_dir / f"{run['key'][:16]}.parts.jsonl" if reg is not None else None  # dir: by lock()
+            start = time.perf_counter()
+            decoded = decode(model, tokenizer, embeddings, encoder=encoder, parts_path=parts, progress=progress,
+                             **settings)
+            seconds = time.perf_counter() - start
+            result = compute_metrics(gold, decoded, encoder=encoder if embedding_metrics else None,
+                                     gold_embeddings=embeddings, n_trajectories=n_trajectories, seed=metric_seed,
+                                     n_vars=encoder.n_vars, n_points=encoder.n_points, depths=depths)
+            stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"  # unique even within one second
+            run.update(test_path=str(test_path), n=len(gold), metrics={k: result[k] for k in ("overall", "by_depth")},
+                       outputs=f"outputs/{run['key'][:16]}-{stamp}.parquet",  # a rejected rerun never overwrites
+                       info=dict(decode_seconds=round(seconds, 3), formulae_per_second=round(len(gold) / seconds, 2),
+                                 device=str(model.device), host=platform.node()))
+            result.update(run=run, reused=False, conflict=None)
+            if reg is not None:
+                pd.DataFrame(result["rows"]).to_parquet(reg.outputs_path(run), index=False)
+                result["conflict"] = reg.add(run)
+                if not result["conflict"] and reg.get(run["key"])["outputs"] != run["outputs"]:
+                    reg.outputs_path(run).unlink()  # an identical rerun (--force): the stored outputs stand
+                parts.unlink()
     if report is not None:
         if reg is None:
             Path(report).mkdir(parents=True, exist_ok=True)

@@ -9,22 +9,27 @@ temperature given to greedy) give one key.
 Storage is one SQLite file (standard library, transactional: two evaluations finishing at once cannot corrupt it,
 the primary key enforces one row per key, and tables from other machines merge with a plain query). The per-formula
 outputs are Parquet files in `outputs/` next to it, referenced by a path relative to the registry, so a registry
-directory can be copied between machines as a whole. Merging never overwrites: an entry whose key exists with
-different metrics is returned (and printed by the CLI) as a conflict, and the existing entry is kept.
+directory can be copied between machines as a whole; an outputs path that is absolute or leaves the registry folder
+(`../x`) is refused. Merging never overwrites: an entry whose key exists with different metrics is returned (and
+printed by the CLI) as a conflict, and the existing entry is kept. A merge source is opened read-only: a missing
+file, or one that is not a registry, is an error naming it, and the source is never written.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import sqlite3
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 _COLUMNS = ("key", "model", "model_sha256", "step", "strategy", "settings", "metric_settings", "test_hash",
             "test_path", "n", "metrics", "outputs", "info", "created")
@@ -82,18 +87,33 @@ def metrics_differ(a: Mapping, b: Mapping, rel_tol: float = 1e-6) -> list[str]:
 
 
 class Registry:
-    """A SQLite table of evaluation runs (see the module docstring). Rows are dicts with JSON fields decoded."""
+    """A SQLite table of evaluation runs (see the module docstring). Rows are dicts with JSON fields decoded.
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(_SCHEMA)
+    read_only: open an existing registry without ever writing to it (SQLite `mode=ro`), e.g. a merge source; else
+    the file and its table are created if missing. A file that is not a registry is refused (ValueError)."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        self.path, self.read_only = Path(path), read_only
+        if read_only and not self.path.is_file():
+            raise FileNotFoundError(f"registry {self.path} not found")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._connect() as db:
+                if not read_only:
+                    db.execute(_SCHEMA)
+                columns = tuple(r["name"] for r in db.execute("PRAGMA table_info(runs)"))
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"{self.path} is not an SQLite registry ({e})") from None
+        if columns != _COLUMNS:
+            raise ValueError(f"{self.path} is not a stldec registry: it has no `runs` table with columns {_COLUMNS}"
+                             + (f" (found {columns})" if columns else ""))
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection that commits on success and is always closed."""
-        db = sqlite3.connect(self.path, timeout=60)
+        """A connection that commits on success and is always closed (read-only: SQLite refuses any write)."""
+        db = (sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60) if self.read_only
+              else sqlite3.connect(self.path, timeout=60))
         db.row_factory = sqlite3.Row
         try:
             with db:
@@ -122,8 +142,37 @@ class Registry:
         return [_decode(r) for r in rows]
 
     def outputs_path(self, run: Mapping) -> Path:
-        """Absolute path of a run's per-formula outputs file."""
-        return self.path.parent / run["outputs"]
+        """Path of a run's per-formula outputs file. Its stored name must be a relative path inside the registry
+        folder (not absolute, no `..`), else ValueError: a merged registry cannot make us read or write elsewhere."""
+        name = PurePosixPath(run["outputs"])
+        if name.is_absolute() or ".." in name.parts or not name.parts:
+            raise ValueError(f"{self.path}: run {run['key'][:12]} has outputs {run['outputs']!r}, not a relative path "
+                             "inside the registry folder")
+        return self.path.parent / name
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold run `key` exclusively while computing it (`fcntl.flock` on `outputs/KEY.lock`): an identical run
+        started meanwhile (another job on the same registry) waits here, with a message, then finds the finished run
+        instead of sharing its parts file. The holder removes the lock file; a waiter that then holds a removed file
+        locks the new one."""
+        path = self.outputs_dir / f"{key[:16]}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            f = open(path, "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for an identical run to finish (it holds {path})", file=sys.stderr, flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            if path.exists() and os.path.samestat(os.fstat(f.fileno()), path.stat()):
+                break
+            f.close()
+        try:
+            yield
+        finally:
+            path.unlink()
+            f.close()
 
     def checkpoints_of(self, run: Mapping) -> list[dict]:
         """Runs of the same training run folder (the model or its `checkpoint-N` siblings) with the same strategy,
@@ -140,6 +189,7 @@ class Registry:
         missing = set(_COLUMNS) - set(row)
         if missing:
             raise ValueError(f"run is missing {sorted(missing)}")
+        self.outputs_path(row)  # refuses an outputs name outside the registry folder
         old = self.get(row["key"])
         if old is not None:
             diffs = metrics_differ(old["metrics"], row["metrics"])
@@ -154,10 +204,14 @@ class Registry:
         return None
 
     def merge(self, other: str | Path | Registry) -> tuple[int, list[dict]]:
-        """Add every run of another registry (copying its outputs files); returns (runs added, conflicts)."""
-        other = other if isinstance(other, Registry) else Registry(other)
+        """Add every run of another registry, opened read-only (copying its outputs files); returns (runs added,
+        conflicts). A run whose outputs name leaves its registry folder refuses the whole merge before any change."""
+        other = other if isinstance(other, Registry) else Registry(other, read_only=True)
+        runs = other.runs()
+        for run in runs:
+            other.outputs_path(run)
         added, conflicts = 0, []
-        for run in other.runs():
+        for run in runs:
             if self.get(run["key"]) is None:
                 src, dst = other.outputs_path(run), self.outputs_path(run)
                 if src.is_file() and not dst.exists():

@@ -78,6 +78,20 @@ def test_embed_refuses_mismatched_resume_and_conflicting_options(files):
               "--seed", "1"])
 
 
+def test_embed_never_deletes_what_it_did_not_make(files):
+    mine = files / "out.parquet.parts"  # the user's folder that happens to have the parts folder's name
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not made by stldec embed"):
+        main(embed_args(files, "out.parquet"))
+    assert (mine / "notes.txt").read_text() == "mine" and not (files / "out.parquet").exists()
+    main(embed_args(files, "b.parquet", "--max_chunks", "1"))
+    (files / "b.parquet.parts" / "notes.txt").write_text("mine")  # put into our parts folder meanwhile
+    main(embed_args(files, "b.parquet"))
+    assert [p.name for p in (files / "b.parquet.parts").iterdir()] == ["notes.txt"]  # our parts went, that stays
+    assert len(read_table(str(files / "b.parquet"))) == len(PHIS)
+
+
 def test_embed_with_saved_encoder(files):
     StlKernelEncoder(str(files / "anchors.txt"), **ENCODER).save_pretrained(files / "enc")
     main(["embed", "--in", str(files / "in.csv"), "--out", str(files / "a.parquet"), "--encoder", str(files / "enc")])

@@ -154,6 +154,9 @@ def test_decode_errors_before_work(model, encoder, tmp_path):
         decode(model, TOK, torch.zeros(1, 16), strategy="rerank")
     with pytest.raises(ValueError, match="strategy"):
         decode(model, TOK, torch.zeros(1, 16), strategy="beams")
+    for name in ("max_new_tokens", "n_vars"):  # 0 is an error, never replaced by the default
+        with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+            decode(model, TOK, torch.zeros(1, 16), constrained=True, **{name: 0})
     # a model folder records its training encoder: another one is refused
     model.save_pretrained(tmp_path / "m")
     encoder.save_pretrained(tmp_path / "m" / "encoder")
@@ -161,6 +164,15 @@ def test_decode_errors_before_work(model, encoder, tmp_path):
     other = StlKernelEncoder(encoder.anchors, n_trajectories=100, n_points=30)
     with pytest.raises(ValueError, match="trained with encoder"):
         decode(loaded, TOK, torch.zeros(1, 16), strategy="rerank", encoder=other)
+    from safetensors.torch import save_file
+
+    from stldec.cli import main
+
+    save_file({"embeddings": torch.zeros(1, 16)}, tmp_path / "e.safetensors")
+    for flag in ("--max_new_tokens", "--n_vars"):
+        with pytest.raises(SystemExit, match=f"{flag[2:]} must be >= 1, got 0"):
+            main(["decode", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "e.safetensors"), "--output",
+                  str(tmp_path / "out.csv"), "--constrained", flag, "0"])
 
 
 def test_decode_resumes_from_parts_file(model, tmp_path, monkeypatch):
@@ -178,6 +190,26 @@ def test_decode_resumes_from_parts_file(model, tmp_path, monkeypatch):
     assert len(calls) == 2 and len(parts.read_text().splitlines()) == 5
     with pytest.raises(ValueError, match="other settings or inputs"):
         decode(model, TOK, e, strategy="greedy", batch_size=2, parts_path=parts)
+    parts.write_text("my notes\n")  # a file of the same name that is not ours: refused, left as it is
+    with pytest.raises(ValueError, match="not a decoding parts file"):
+        decode(model, TOK, e, strategy="sample", batch_size=2, parts_path=parts)
+    assert parts.read_text() == "my notes\n"
+
+
+def test_decode_cli_removes_only_its_own_parts_files(model, tmp_path):
+    from safetensors.torch import save_file
+
+    from stldec.cli import main
+
+    model.config.embedding_dim = 16
+    model.save_pretrained(tmp_path / "m")
+    save_file({"embeddings": torch.rand(3, 16)}, tmp_path / "e.safetensors")
+    mine = tmp_path / "out.csv.nbest.parts.jsonl"  # not written by a run without --nbest: not deleted by it
+    mine.write_text("my notes\n")
+    main(["decode", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "e.safetensors"), "--output",
+          str(tmp_path / "out.csv"), "--max_new_tokens", "8"])
+    assert (tmp_path / "out.csv").is_file() and not (tmp_path / "out.csv.parts.jsonl").exists()
+    assert mine.read_text() == "my notes\n"
 
 
 def test_canonical_settings_drop_irrelevant_keys():

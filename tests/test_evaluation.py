@@ -196,6 +196,54 @@ def test_evaluate_cli_end_to_end(saved_model, capsys):
     assert len(list(reg.parent.glob("outputs/*.parquet"))) == 3  # the rejected rerun's outputs are kept aside
 
 
+IDENTICAL_RUN = """
+import os, sys, time
+from pathlib import Path
+
+import stldec.decoding
+from stldec.evaluation import run_evaluation
+
+root, registry, meet = map(Path, sys.argv[1:])
+decode = stldec.decoding.decode
+
+
+def decode_then_meet(*args, **kwargs):  # both runs in the middle of their work at once, where that is allowed
+    out = decode(*args, **kwargs)
+    (meet / str(os.getpid())).touch()
+    deadline = time.time() + 5
+    while len(list(meet.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    return out
+
+
+stldec.decoding.decode = decode_then_meet
+r = run_evaluation(root / "run", root / "test.csv", registry=registry, limit=3, n_trajectories=50, max_new_tokens=12,
+                   progress=False)
+print("reused" if r["reused"] else "computed", r["overall"]["validity"])
+"""
+
+
+@pytest.mark.slow
+def test_identical_evaluations_at_once_both_succeed(saved_model, tmp_path):
+    """Two identical evaluations started together on one registry (two jobs): the second waits for the first and
+    reuses its run, instead of both writing, then removing, the same parts file."""
+    import subprocess
+    import sys
+
+    from stldec.registry import Registry
+
+    root, _ = saved_model
+    (tmp_path / "meet").mkdir()
+    args = [sys.executable, "-c", IDENTICAL_RUN, str(root), str(tmp_path / "runs.sqlite"), str(tmp_path / "meet")]
+    jobs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    done = [job.communicate(timeout=300) for job in jobs]  # (stdout, stderr) of each
+    assert [job.returncode for job in jobs] == [0, 0], [err[-2000:] for _, err in done]
+    assert sorted(out.split()[0] for out, _ in done) == ["computed", "reused"]
+    assert len({out.split()[1] for out, _ in done}) == 1 and len(Registry(tmp_path / "runs.sqlite").runs()) == 1
+    assert any("waiting for an identical run to finish" in err for _, err in done)
+    assert [p.suffix for p in (tmp_path / "outputs").iterdir()] == [".parquet"]  # no parts or lock file left
+
+
 def test_evaluate_refuses_another_encoder(saved_model):
     from stldec.cli import main
     from stldec.stl import StlKernelEncoder
@@ -205,6 +253,18 @@ def test_evaluate_refuses_another_encoder(saved_model):
     with pytest.raises(SystemExit, match="trained with encoder"):
         main(["evaluate", "--model", str(root / "run"), "--test", str(root / "test.csv"), "--encoder",
               str(root / "other")])
+
+
+def test_evaluate_refuses_zero_settings_and_a_registry_that_is_not_one(saved_model):
+    from stldec.cli import main
+
+    root, _ = saved_model
+    base = ["evaluate", "--model", str(root / "run"), "--test", str(root / "test.csv"), "--constrained"]
+    for flag in ("--max_new_tokens", "--n_vars"):  # an error naming the field, never replaced by the default
+        with pytest.raises(SystemExit, match=f"{flag[2:]} must be >= 1, got 0"):
+            main([*base, flag, "0"])
+    with pytest.raises(SystemExit, match=r"test.csv is not an SQLite registry \(file is not a database\)"):
+        main([*base, "--registry", str(root / "test.csv")])
 
 
 def test_evaluate_module_loads_by_path():

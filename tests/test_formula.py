@@ -1,5 +1,6 @@
 """Formula AST, parser and printer: round trips, dialects, properties, and clear errors on bad input."""
 
+import math
 import random
 
 import pytest
@@ -119,6 +120,12 @@ def test_as_formulae_normalises():
         ("eventually[1,] ( x_0 >= 1 )", 13, "interval end"),
         ("eventually[-1,3] ( x_0 >= 1 )", 11, "interval start"),
         ("", 0, "expected a formula"),
+        ("x_0 >= 1e400", 7, "out of range"),  # would be inf, printed as text that does not parse
+        ("( x_1 <= 0 or x_0 >= -1e400 )", 21, "out of range"),
+        ("x_0 >= \u0663", 7, "unexpected character"),  # Arabic-Indic 3: ASCII digits only
+        ("x_0 >= \uff11", 7, "unexpected character"),  # fullwidth 1
+        ("x_\u0663 >= 1", 1, "unexpected character '_'"),
+        ("always[\u0663,5] ( x_0 >= 1 )", 7, "unexpected character"),
     ],
 )
 def test_errors_name_position_and_expectation(text, position, expected):
@@ -143,6 +150,9 @@ def test_bad_arguments():
         parse(3)
     with pytest.raises(ValueError):
         Interval(5, 4)
+    for c in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError, match="finite"):
+            Atom(0, c, True)
 
 
 ALPHABET = list("x_0123456789.-+<=>() [],") + ["not ", "and ", "or ", "always", "eventually", "until", "inf", " "]

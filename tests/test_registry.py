@@ -99,3 +99,59 @@ def test_registry_cli_lists_merges_and_exits_2_on_conflicts(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["registry", str(a), "--merge", str(b)])
     assert e.value.code == 2 and "overall.cos_rho_mean" in capsys.readouterr().err
+
+
+def insert_raw(path, row):
+    """Write a row as another program (or another machine's registry) could, bypassing `Registry.add`."""
+    import json
+    import sqlite3
+
+    from stldec.registry import _COLUMNS
+
+    with sqlite3.connect(path) as db:
+        db.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(_COLUMNS))})",
+                   tuple(json.dumps(row[k]) if isinstance(row[k], dict) else row.get(k) for k in _COLUMNS))
+
+
+@pytest.mark.parametrize("outputs", ["../../x.parquet", "outputs/../../../x.parquet", "/tmp/x.parquet", ""])
+def test_merge_refuses_outputs_outside_the_registry_folder(tmp_path, outputs):
+    from stldec.cli import main
+
+    a, b = Registry(tmp_path / "a" / "deep" / "r.sqlite"), Registry(tmp_path / "b" / "deep" / "r.sqlite")
+    (tmp_path / "b" / "x.parquet").write_text("b's file")  # what b's `../../x.parquet` names
+    b.add(run("fine", {"overall": {"validity": 1.0}}))
+    insert_raw(b.path, dict(run("evil", {"overall": {"validity": 1.0}}, outputs=outputs), created="2026"))
+    with pytest.raises(ValueError, match="not a relative path inside the registry folder"):
+        a.merge(b.path)
+    with pytest.raises(SystemExit, match=r"evil.*not a relative path inside the registry folder"):
+        main(["registry", str(a.path), "--merge", str(b.path)])
+    assert a.runs() == [] and not (tmp_path / "a" / "x.parquet").exists()  # refused before any change
+    with pytest.raises(ValueError, match="not a relative path"):
+        a.add(run("k", {}, outputs=outputs))
+
+
+def test_merge_sources_are_opened_read_only(tmp_path):
+    import sqlite3
+
+    from stldec.cli import main
+
+    reg = Registry(tmp_path / "r.sqlite")
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE t (x)")
+    before = foreign.read_bytes()
+    with pytest.raises(ValueError, match=r"foreign.sqlite is not a stldec registry: it has no `runs` table"):
+        reg.merge(foreign)
+    assert foreign.read_bytes() == before  # no table written into the source
+    with pytest.raises(FileNotFoundError, match="missing.sqlite not found"):
+        reg.merge(tmp_path / "missing.sqlite")
+    assert not (tmp_path / "missing.sqlite").exists()
+    (tmp_path / "notes.txt").write_text("not a database, just a long enough text file " * 10)
+    for path in (tmp_path / "notes.txt", foreign):
+        with pytest.raises(SystemExit, match=f"stldec registry: {path}"):
+            main(["registry", str(reg.path), "--merge", str(path)])
+    with pytest.raises(ValueError, match="notes.txt is not an SQLite registry"):
+        Registry(tmp_path / "notes.txt")  # also as the registry itself (evaluate --registry)
+    with pytest.raises(SystemExit, match="not found"):
+        main(["registry", str(tmp_path / "typo.sqlite")])  # listing does not create a registry
+    assert not (tmp_path / "typo.sqlite").exists()

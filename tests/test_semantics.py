@@ -329,6 +329,33 @@ def test_without_a_compiler_the_torch_engine_is_used(monkeypatch, tmp_path):
         compile_plan.cache_clear()
 
 
+@pytest.mark.slow
+def test_a_truncated_cached_library_is_rebuilt_not_loaded(tmp_path):
+    """A cut-off fused-*.so (a full disk, a partial copy of the cache) would kill every process loading it with
+    SIGBUS: its recorded size and sha256 no longer match, so it is rebuilt. Run in subprocesses: a SIGBUS there
+    cannot kill pytest, and this process never maps the file that is truncated."""
+    import os
+    import subprocess
+    import sys
+
+    if native.library() is None:
+        pytest.skip("no C++ compiler here: the fused kernel is not built")
+    code = (f"import torch; from stldec.stl import robustness; x = torch.randn(40, 3, 30); f = {FORMULAE!r}; "
+            "assert torch.equal(robustness(f, x, engine='native'), robustness(f, x, engine='torch'))")
+
+    def run():
+        return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, STLDEC_CACHE=str(tmp_path)),
+                              capture_output=True, text=True, timeout=300)
+
+    assert run().returncode == 0  # builds the library into the empty cache
+    (lib,) = tmp_path.glob("fused-*.so")
+    size = lib.stat().st_size
+    os.truncate(lib, size // 2)
+    again = run()
+    assert again.returncode == 0, (again.returncode, again.stderr[-2000:])  # -7 (SIGBUS) when loaded unchecked
+    assert lib.stat().st_size == size and sorted(p.name for p in tmp_path.iterdir()) == [lib.stem + ".json", lib.name]
+
+
 def test_engine_errors():
     with pytest.raises(ValueError, match="unknown engine"):
         robustness(FORMULAE, walks(2), engine="fast")

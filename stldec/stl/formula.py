@@ -13,11 +13,13 @@ Text <-> AST goes through a *dialect* (see DESIGN.md):
     'eventually[0,4] ( x_0 >= 0.5 )'
 
 Malformed text raises `STLParseError` (a ValueError) with `.position`, the 0-based character index where the
-parser was, and a message saying what it expected there.
+parser was, and a message saying what it expected there. Numbers are written in ASCII digits, and a threshold must be
+a finite float (`1e400` is refused: it would be inf, printed as text that does not parse).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -109,6 +111,10 @@ class Atom(Formula):
     var: int
     threshold: float
     lte: bool
+
+    def __post_init__(self):
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"atom threshold must be finite, got {self.threshold}")
 
     @property
     def variables(self) -> frozenset[int]:
@@ -216,10 +222,11 @@ def _print(f: Formula, dialect: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# parsing: a lexer with positions, then recursive descent with a nesting limit
+# parsing: a lexer with positions, then recursive descent with a nesting limit.
+# Digits are ASCII only: `\d` and int() would also take other scripts' digits ('٣', '３').
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<var>x_\d+)|(?P<cmp><=|>=)"
+    r"\s*(?:(?P<num>[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)|(?P<var>x_[0-9]+)|(?P<cmp><=|>=)"
     r"|(?P<word>[a-z]+)|(?P<sym>[()\[\],]))"
 )
 
@@ -295,9 +302,11 @@ class _Parser:
         if kind != "cmp":
             self.fail("'<=' or '>='")
         self.i += 1
-        kind, num, _ = self.peek()
+        kind, num, pos = self.peek()
         if kind != "num":
             self.fail("a number")
+        if not math.isfinite(float(num)):
+            raise STLParseError(f"threshold {num} is out of range (not a finite float)", pos, self.text)
         self.i += 1
         return Atom(int(var[2:]), float(num), cmp == "<=")
 

@@ -4,7 +4,10 @@ one pass over blocks of 16 trajectories, every live trace in cache.
 `library()` builds the kernel with the system C++ compiler (`$CXX`, else `c++`; `-O3 -march=native`) into a cache
 folder (`$STLDEC_CACHE`, else `$XDG_CACHE_HOME/stldec` or `~/.cache/stldec`), keyed by the source, the compiler and
 this CPU, and loads it with ctypes. Building takes about a second, once per machine; if no compiler is found or the
-build fails, `library()` returns None (with one warning) and `robustness` keeps to the torch engine.
+build fails, `library()` returns None (with one warning) and `robustness` keeps to the torch engine. The size and
+sha256 of each build are recorded next to it (`fused-KEY.json`) and checked before every load: a truncated or
+altered library (a full disk, a partial copy of the cache) is rebuilt, never loaded (that would kill the process
+with SIGBUS).
 
 `NativePlan` lowers the same hash-consed IR as the torch `RobustnessPlan` to a program of one int32 row per node and
 gives each node a slot (a trace of T rows), reused once its last reader has run. Trajectories are split among
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -47,25 +51,48 @@ def _cpu_id() -> str:
         return platform.processor() + platform.machine()
 
 
+def _record(path: Path) -> dict:
+    """Size and sha256 of a file: what `fused-KEY.json` holds for the library built as `fused-KEY.so`."""
+    data = path.read_bytes()
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _intact(path: Path) -> bool:
+    """The library exists and matches the size and sha256 recorded when it was built."""
+    try:
+        return path.is_file() and json.loads(path.with_suffix(".json").read_text()) == _record(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _build(cxx: str, path: Path) -> None:
+    """Compile fused.cpp to `path`, then write its record (each file written under a temporary name, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        build = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        if build.returncode:
+            raise OSError(build.stderr[-2000:])
+        record = json.dumps(_record(Path(tmp)))
+        os.replace(tmp, path)  # atomic: concurrent processes never see a half-written file
+        Path(tmp).write_text(record)  # the temporary name, free again, for the record
+        os.replace(tmp, path.with_suffix(".json"))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel (built on first use, then cached on disk), or None where it cannot be built."""
+    """The compiled kernel (built on first use, then cached on disk and verified before each load), or None where it
+    cannot be built."""
     cxx = os.environ.get("CXX", "c++")
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
         key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_id()]).encode()).hexdigest()[:16]
         path = _cache_dir() / f"fused-{key}.so"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-            os.close(fd)
-            try:
-                build = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
-                if build.returncode:
-                    raise OSError(build.stderr[-2000:])
-                os.replace(tmp, path)  # atomic: concurrent processes never load a half-written file
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+        if not _intact(path):
+            _build(cxx, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
         warnings.warn(f"stldec: the fused CPU robustness kernel could not be built ({e}); using the torch engine "
