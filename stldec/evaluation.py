@@ -288,8 +288,8 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
     import pandas as pd
 
     from .data import load_formulae
-    from .decoding import DecodingConfig, check_encoder, decode, load_model_encoder
-    from .modeling import StlDecConfig, StlDecForCausalLM
+    from .decoding import DecodingConfig, check_encoder, decode, load_model, load_model_encoder
+    from .modeling import StlDecConfig
     from .registry import Registry, file_sha256, run_key, test_set_hash
     from .report import published_reference, write_report
     from .stl import StlKernelEncoder
@@ -327,7 +327,7 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
         rows = pd.read_parquet(reg.outputs_path(old)).to_dict(orient="records")
         result = {**old["metrics"], "rows": rows, "run": old, "reused": True, "conflict": None}
     else:
-        model = StlDecForCausalLM.from_pretrained(model_dir).to(device or encoder.device)
+        model = load_model(model_dir).to(device or encoder.device)
         tokenizer = StlTokenizer.from_pretrained(model_dir) if (model_dir / "vocab.json").is_file() else StlTokenizer()
         embeddings = (torch.tensor(ds["embedding"], dtype=torch.float32) if "embedding" in ds.column_names
                       else encoder.encode(gold))

@@ -76,12 +76,14 @@ def test_loss_drops_and_the_run_folder_is_complete(tmp_path):
     record = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
     assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]["torch"]
     assert {"git", "hardware", "argv"} <= set(record)
-    assert json.loads((out / "encoder" / "encoder_config.json").read_text())["n_anchors"] == 8
+    saved_encoder = json.loads((out / "encoder" / "encoder_config.json").read_text())
+    assert saved_encoder["n_anchors"] == 8
     assert list(out.glob("runs/*/events.out.tfevents.*"))
 
     from stldec import StlDecForCausalLM
     model = StlDecForCausalLM.from_pretrained(out)
     assert model.config.add_cross_attention and model.config.embedding_dim == 8
+    assert model.config.encoder_fingerprint == saved_encoder["fingerprint"]  # decoding checks it against encoder/
 
 
 def test_only_marked_checkpoints_count_as_complete(tmp_path):

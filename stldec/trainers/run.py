@@ -178,6 +178,8 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
     if head == "decoder" and len(dims) > 1:
         raise ValueError(f"embeddings of different sizes {sorted(dims)} in the encoder/train/validation/test data")
     config = experiment.model_config(embedding_dim=dims.pop() if dims and head == "decoder" else None)
+    made_by = encoder.fingerprint if encoder is not None else D.built_with(spec.train) if spec.train else None
+    config.encoder_fingerprint = made_by if head == "decoder" else None  # decoding refuses any other encoder
     max_len = config.max_position_embeddings
     if not spec.stream:
         train_ds = D.lazy_tokenize(train_ds, tokenizer, max_len)
