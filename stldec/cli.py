@@ -254,9 +254,9 @@ def train(args: argparse.Namespace) -> None:
 
     try:
         experiment, output_dir = experiment_from_args(args, args._extra)
+        run(experiment, output_dir)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"stldec train: {e}") from None
-    run(experiment, output_dir)
 
 
 def _mixtures_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ schedules, mixtures, and bad configurations failing before any training."""
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,7 +19,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from stldec.trainers import Experiment, checkpoints, last_complete_checkpoint, parse_train_args, train
+from stldec.stl import StlKernelEncoder
+from stldec.trainers import Experiment, checkpoints, last_complete_checkpoint, make_encoder, parse_train_args, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -152,6 +154,41 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same ops on the same data: bitwise
     assert [m["loss"] for m in metrics(out) if "loss" in m] == [m["loss"] for m in metrics(tmp_path / "whole")
                                                                if "loss" in m]
+
+
+def test_resume_refuses_a_changed_experiment_before_writing_anything(tmp_path):
+    from stldec.cli import main
+
+    make_encoder(BASE["data"]["encoder"]).save_pretrained(tmp_path / "enc")
+    e = experiment(data={"encoder": str(tmp_path / "enc")}, training={"max_steps": 4, "save_steps": 2})
+    e.save(tmp_path / "e.yaml")
+    out = train(e, tmp_path / "r")
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    refused = [({"learning_rate": 0.5}, "training.learning_rate: 0.003 -> 0.5"),
+               ({"lr_scheduler_type": "constant"}, "training.lr_scheduler_type: 'cosine' -> 'constant'"),
+               ({"model.hidden_size": 96}, "model.hidden_size: '(unset)' -> 96"),
+               ({"data.n_train": 80, "seed": 3}, "data.n_train: 64 -> 80; training.seed: 0 -> 3")]
+    for change, named in refused:
+        with pytest.raises(ValueError, match=re.escape(named)) as err:
+            train(e.override(change), out)
+        assert "--rewarm_from" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SystemExit, match=re.escape("stldec train: ") + ".*" + re.escape("0.003 -> 0.5")):
+        main(["train", "--config", str(tmp_path / "e.yaml"), "--output_dir", str(out), "--learning_rate", "0.5"])
+    other = StlKernelEncoder(make_encoder(BASE["data"]["encoder"]).anchors, n_trajectories=200, n_points=40, seed=1)
+    shutil.rmtree(tmp_path / "enc")
+    other.save_pretrained(tmp_path / "enc")  # the same data.encoder path, another encoder behind it
+    with pytest.raises(ValueError, match=f"trained with encoder .* but data.encoder is now {other.fingerprint}"):
+        train(e, out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # experiment.yaml untouched
+
+
+def test_resume_applies_a_new_length_and_new_intervals(tmp_path):
+    out = train(experiment(training={"max_steps": 4, "save_steps": 2}), tmp_path / "r")
+    with pytest.warns(UserWarning, match="max_steps 4 -> 10: applied; the cosine learning-rate schedule is recomputed"):
+        train(experiment(training={"max_steps": 10, "save_steps": 5}), out)
+    assert steps_saved(out) == [2, 4, 5, 8, 10]  # every 5 steps now (HF alone keeps the checkpoint's 2), epoch ends
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 10
+    assert Experiment.load(out / "experiment.yaml").training["max_steps"] == 10
 
 
 @pytest.mark.slow

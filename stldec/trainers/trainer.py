@@ -5,6 +5,8 @@
   only then deletes old checkpoints beyond `save_total_limit` (HF deletes them before any callback could mark the
   new one: a crash in between left nothing to resume). `last_complete_checkpoint` only ever returns a marked one, so
   a checkpoint cut short by a crash is never resumed.
+- `ApplyIntervals`: a resumed run logs, evaluates and saves at the intervals it was launched with (HF would keep
+  the checkpoint's).
 - `JsonlLogger`: every logged dict as one JSON line in `<output_dir>/metrics.jsonl`.
 - `StlTrainer`: length grouping with a sampler reseeded per epoch (so a resumed run draws the same batches), a
   `FormulaStream` fed to each process as is (already rank-aware: accelerate's shard wrapper would make every process
@@ -70,6 +72,14 @@ class SaveAtEpochEnd(TrainerCallback):
         if state.global_step != self.last_saved and args.save_strategy != "no":
             control.should_save = True
         return control
+
+
+class ApplyIntervals(TrainerCallback):
+    """On resume HF restores logging/eval/save steps from the checkpoint's trainer_state.json (and only warns that
+    they differ): recompute them from this launch's arguments, so a changed interval takes effect."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
 
 
 class JsonlLogger(TrainerCallback):
