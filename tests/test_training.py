@@ -156,6 +156,29 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
                                                                if "loss" in m]
 
 
+@pytest.mark.parametrize("damage", ["optimizer.pt truncated", "4 KB of garbage inside model.safetensors"])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, damage):
+    e = experiment(training={"max_steps": 4, "save_steps": 2})
+    out = train(e, tmp_path / "r")
+    whole = load_file(out / "model.safetensors")
+    name = damage.split()[-1] if "inside" in damage else damage.split()[0]
+    raw = bytearray((out / "checkpoint-4" / name).read_bytes())
+    if "garbage" in damage:
+        g = torch.Generator().manual_seed(0)
+        raw[len(raw) // 2 : len(raw) // 2 + 4096] = torch.randint(0, 256, (4096,), generator=g,
+                                                                   dtype=torch.uint8).numpy().tobytes()
+    else:
+        raw = raw[: len(raw) // 2]
+    (out / "checkpoint-4" / name).write_bytes(bytes(raw))
+
+    with pytest.warns(UserWarning, match=f"checkpoint-4 is damaged \\({name} changed since it was written\\)"):
+        train(e, out)  # the rerun: the newest complete checkpoint is damaged, the previous one is resumed
+    assert json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["resume_from"].endswith("checkpoint-2")
+    assert (out / "checkpoint-4.damaged" / name).is_file() and last_complete_checkpoint(out) == out / "checkpoint-4"
+    resumed = load_file(out / "model.safetensors")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)  # resumed from step 2 == uninterrupted
+
+
 def test_resume_refuses_a_changed_experiment_before_writing_anything(tmp_path):
     from stldec.cli import main
 

@@ -232,13 +232,18 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
         train_ds = D.lazy_tokenize(train_ds, tokenizer, max_len)
     val_ds, test_ds = (D.lazy_tokenize(ds, tokenizer, max_len) if ds is not None else None for ds in (val_ds, test_ds))
 
-    # only now that everything is checked, the output folder: unfinished checkpoints go, the resolved experiment
-    # and this launch's record are written
+    # only now that everything is checked, the output folder: unfinished checkpoints go, damaged ones (newer than
+    # the one resumed) are moved aside, the resolved experiment and this launch's record are written
     if args.should_save:
         out.mkdir(parents=True, exist_ok=True)
         for p in checkpoints(out, complete=False):
             print(f"removing unfinished checkpoint {p} (no {p.name}/stldec_complete.json)", flush=True)
             shutil.rmtree(p, ignore_errors=True)
+        done = checkpoints(out)
+        for p in done[done.index(resume) + 1 if resume else 0 :]:
+            print(f"moving damaged checkpoint {p} aside to {p.name}.damaged", flush=True)
+            shutil.rmtree(p.with_name(f"{p.name}.damaged"), ignore_errors=True)
+            p.rename(p.with_name(f"{p.name}.damaged"))
         experiment.save(out / "experiment.yaml")
         with open(out / "runs.jsonl", "a") as f:
             f.write(json.dumps({**run_record(args), "resume_from": str(resume) if resume else None,
