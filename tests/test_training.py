@@ -1,9 +1,11 @@
 """End-to-end training on the CPU with a tiny model and a tiny kernel encoder: loss drops, checkpoints at the step
-interval and each epoch end, SIGKILL + resume == uninterrupted, 2-process accelerate, heads and fine-tuning, re-warmed
-schedules, mixtures, and bad configurations failing before any training."""
+interval and each epoch end, SIGKILL + resume == uninterrupted, a damaged checkpoint skipped, a resume with a changed
+experiment refused, 2-process accelerate, heads and fine-tuning, re-warmed schedules, mixtures, bad configurations and
+bad data failing before any training."""
 
 import copy
 import json
+import math
 import os
 import re
 import shutil
@@ -212,6 +214,25 @@ def test_resume_applies_a_new_length_and_new_intervals(tmp_path):
     assert steps_saved(out) == [2, 4, 5, 8, 10]  # every 5 steps now (HF alone keeps the checkpoint's 2), epoch ends
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 10
     assert Experiment.load(out / "experiment.yaml").training["max_steps"] == 10
+
+
+def test_bad_training_rows_are_named_by_file_row(tmp_path):
+    rows = [[0.1 * i] * 8 for i in range(8)]
+    rows[1][3], rows[4][0] = math.nan, math.inf
+    formulae = ["always[0,5] ( x_0 >= 0.5 )"] * 8
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"formula": f, "embedding": r}) + "\n"
+                                              for f, r in zip(formulae, rows)))
+    with pytest.raises(ValueError, match=re.escape("t.jsonl: 2 of 8 rows have a missing, NaN or inf embedding: rows "
+                                                   "[1, 4] (0-based data rows, in file order)")):
+        train(experiment(data={"train": str(tmp_path / "t.jsonl")}), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_rows_dropped_as_too_long_are_recorded_and_warned_about(tmp_path):
+    with pytest.warns(UserWarning, match=r"dropped \d+ of 64 rows longer than 40 tokens \(\d+\.\d%\): the longest"):
+        out = train(experiment(model={"max_position_embeddings": 40}, training={"max_steps": 2}), tmp_path / "r")
+    dropped = json.loads((out / "runs.jsonl").read_text())["rows_dropped_too_long"]
+    assert set(dropped) == {"train"} and dropped["train"]["rows"] == 64 and 0 < dropped["train"]["dropped"] < 64
 
 
 @pytest.mark.slow

@@ -1,12 +1,14 @@
 """`train(experiment, output_dir)`: one training run from an `Experiment`, resumable at any moment.
 
-Order of work: every setting and file is checked first (unknown fields, missing files, embedding sizes) so a bad
-configuration fails in seconds; then the output folder is prepared (unfinished checkpoints removed, the resolved
-experiment and a run record written), the data built, the model made, and the Trainer run. A run finds its last
-complete checkpoint by itself: rerunning the same command continues it (model, optimizer, scheduler, RNG and data
-position) and ends with the same weights as an uninterrupted run. The finished model lands in `output_dir` itself:
-config.json + model.safetensors + tokenizer files + `encoder/` (the kernel encoder, so evaluation can refuse a
-different one) + train/test metrics.
+Order of work: every setting and file is checked first (unknown fields, missing files, embedding sizes, a resume
+with a changed experiment) so a bad configuration fails in seconds; then the output folder is prepared (unfinished
+checkpoints removed, damaged ones moved aside, the resolved experiment and a run record written), the data built,
+the model made, and the Trainer run. A run finds its last complete checkpoint by itself: rerunning the same command
+continues it (model, optimizer, scheduler, RNG and data position) and ends with the same weights as an
+uninterrupted run; only the fields in `RESUMABLE` may change between the launches (see `check_resume`). The
+finished model lands in `output_dir` itself: config.json (recording the kernel encoder's fingerprint) +
+model.safetensors + tokenizer files + `encoder/` (the kernel encoder, so evaluation can refuse a different one) +
+train/test metrics.
 """
 
 from __future__ import annotations
@@ -228,9 +230,10 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
         raise ValueError(f"{resume} was trained with encoder {trained_with}, but data.encoder is now "
                          f"{config.encoder_fingerprint}: refusing to resume it with other embeddings")
     max_len = config.max_position_embeddings
-    if not spec.stream:
-        train_ds = D.lazy_tokenize(train_ds, tokenizer, max_len)
-    val_ds, test_ds = (D.lazy_tokenize(ds, tokenizer, max_len) if ds is not None else None for ds in (val_ds, test_ds))
+    splits = {"train": None if spec.stream else train_ds, "validation": val_ds, "test": test_ds}
+    tokenized = {k: D.lazy_tokenize(ds, tokenizer, max_len) for k, ds in splits.items() if ds is not None}
+    too_long = {k: {"dropped": len(splits[k]) - len(ds), "rows": len(splits[k])} for k, ds in tokenized.items()}
+    train_ds, val_ds, test_ds = tokenized.get("train", train_ds), tokenized.get("validation"), tokenized.get("test")
 
     # only now that everything is checked, the output folder: unfinished checkpoints go, damaged ones (newer than
     # the one resumed) are moved aside, the resolved experiment and this launch's record are written
@@ -247,7 +250,7 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
         experiment.save(out / "experiment.yaml")
         with open(out / "runs.jsonl", "a") as f:
             f.write(json.dumps({**run_record(args), "resume_from": str(resume) if resume else None,
-                                "model_config": config.to_diff_dict(),
+                                "model_config": config.to_diff_dict(), "rows_dropped_too_long": too_long,
                                 "training_arguments": json.loads(args.to_json_string())}) + "\n")
         if resume is not None and (out / "metrics.jsonl").is_file():  # drop lines the interrupted run logged later
             step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
