@@ -262,9 +262,9 @@ def train(args: argparse.Namespace) -> None:
 
     try:
         experiment, output_dir = experiment_from_args(args, args._extra)
+        run(experiment, output_dir)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"stldec train: {e}") from None
-    run(experiment, output_dir)
 
 
 def _mixtures_arguments(p: argparse.ArgumentParser) -> None:
@@ -318,14 +318,13 @@ def decode(args: argparse.Namespace) -> None:
     import pandas as pd
     import torch
 
-    from .decoding import check_encoder, decode, load_model_encoder, read_inputs
-    from .modeling import StlDecForCausalLM
+    from .decoding import check_encoder, decode, load_model, load_model_encoder, read_inputs
     from .stl import StlKernelEncoder
     from .tokenization import StlTokenizer
 
     _table_format(args.output)
     try:
-        model = StlDecForCausalLM.from_pretrained(args.model)
+        model = load_model(args.model)
         tokenizer = StlTokenizer.from_pretrained(args.model) if Path(args.model, "vocab.json").is_file() \
             else StlTokenizer()
         encoder = StlKernelEncoder.from_pretrained(args.encoder) if args.encoder else load_model_encoder(args.model)

@@ -33,6 +33,8 @@ class StlDecConfig(PreTrainedConfig):
     embedding_dim: size of the formula embedding fed to the decoder as `formula_embedding` `(B, embedding_dim)`.
     num_memory_tokens: M, the number of memory tokens the embedding is projected into; the decoder cross-attends to
         them. M = 1 reproduces the reference design (a softmax over one key: the cross-attention is a constant).
+    encoder_fingerprint: the fingerprint of the kernel encoder whose embeddings the decoder was trained on (written
+        by training; `stldec.decoding` refuses any other encoder). None: not recorded (older models, GPT/MLM heads).
     """
 
     model_type = "stldec"
@@ -45,6 +47,7 @@ class StlDecConfig(PreTrainedConfig):
     max_position_embeddings: int = 512
     embedding_dim: int = 1024
     num_memory_tokens: int = 8
+    encoder_fingerprint: str | None = None
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.0
     initializer_range: float = 0.02

@@ -4,7 +4,8 @@ Rows everywhere have the columns `formula` (str, reference dialect), `depth` (in
 decoder, `embedding` (list of float32, one entry per encoder anchor).
 
 - `load_formulae(path, encoder=None)`: CSV / JSONL / Parquet / a `save_to_disk` folder / a `build_dataset` folder
-  -> `datasets.Dataset`; fills in `depth` and, given an encoder, the embeddings when the file has none.
+  -> `datasets.Dataset`; fills in `depth` and, given an encoder, the embeddings when the file has none; refuses
+  embeddings with NaN / inf / missing values, naming their rows.
 - `build_dataset(out, n, encoder, preset=...)`: generated formulae + embeddings as Parquet shards; each shard is
   written to a temporary name and renamed, so an interrupted build resumes at the first missing shard and gives the
   same rows as an uninterrupted one. `save_formulae` writes any dataset as CSV / JSONL / Parquet.
@@ -13,7 +14,8 @@ decoder, `embedding` (list of float32, one entry per encoder anchor).
   takes the chunks c = rank*W + w (mod world*W), so no two processes ever see the same sample, and `skip()` resumes
   at a position without replaying what was already consumed.
 - `lazy_tokenize(ds, tokenizer)`: token ids computed on access (`with_transform`) plus a precomputed `length`
-  column for length grouping; `StlCollator` pads each batch to its own longest row, labels -100 on padding.
+  column for length grouping; rows longer than the model's positions are dropped (a warning above
+  `DROP_WARN_SHARE`). `StlCollator` pads each batch to its own longest row, labels -100 on padding.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -37,6 +41,7 @@ BUILD_META = "stldec_dataset.json"
 ENCODER_KEY = b"stldec.encoder"  # Parquet schema metadata: the fingerprint of the encoder that made `embedding`
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 COLUMNS = ("formula", "depth", "embedding")
+DROP_WARN_SHARE = 0.01  # lazy_tokenize warns when it drops more than this share of the rows as too long
 
 
 def derive_seed(*keys: int) -> int:
@@ -66,7 +71,8 @@ def load_formulae(path: str | os.PathLike, encoder: StlKernelEncoder | None = No
     """Read a formula file or dataset folder as a `datasets.Dataset` with columns formula, depth[, embedding].
 
     Without an `embedding` column the rows are embedded with `encoder` when one is given. A file or folder whose
-    embeddings record their encoder (see `built_with`) refuses a different `encoder`.
+    embeddings record their encoder (see `built_with`) refuses a different `encoder`; embeddings that are missing or
+    hold NaN / inf values are refused, naming the rows (see `check_embedding_rows`).
     """
     p = Path(path)
     if not p.exists():
@@ -79,15 +85,31 @@ def load_formulae(path: str | os.PathLike, encoder: StlKernelEncoder | None = No
         missing = [s for s in shards if not os.path.exists(s)]
         if missing:
             raise ValueError(f"{p} is an unfinished build ({len(missing)} shards missing): rerun `stldec data build`")
-        return datasets.Dataset(pa.concat_tables([pq.read_table(s) for s in shards]))
+        return check_embedding_rows(datasets.Dataset(pa.concat_tables([pq.read_table(s) for s in shards])), p)
     if p.is_dir():
         ds = datasets.load_from_disk(str(p))
     elif p.suffix in FORMATS:
         ds = datasets.load_dataset(FORMATS[p.suffix], data_files=str(p), split="train")
     else:
         raise ValueError(f"{p}: unknown data format (expected one of {sorted(FORMATS)} or a dataset folder)")
-    ds = _normalise(ds, str(p))
+    ds = check_embedding_rows(_normalise(ds, str(p)), p)
     return add_embeddings(ds, encoder, batch_size=batch_size) if encoder is not None else ds
+
+
+def check_embedding_rows(ds: datasets.Dataset, path: str | os.PathLike) -> datasets.Dataset:
+    """`ds` unchanged, or a ValueError naming the rows of `path` (0-based, in file order) whose `embedding` is
+    missing or holds a missing, NaN or inf value (a model would meet them only as a position in some batch)."""
+    if "embedding" not in ds.column_names:
+        return ds
+    col = ds.data.column("embedding").combine_chunks()  # (list) array, one list per row
+    finite = pc.fill_null(pc.is_finite(col.flatten()), False).to_numpy(zero_copy_only=False)
+    bad = set(col.value_parent_indices().to_numpy()[~finite].tolist())
+    bad |= set(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)).tolist())
+    if bad:
+        rows = sorted(bad)
+        raise ValueError(f"{path}: {len(rows)} of {len(ds)} rows have a missing, NaN or inf embedding: rows "
+                         f"{rows[:10]}{' ...' * (len(rows) > 10)} (0-based data rows, in file order)")
+    return ds
 
 
 def add_embeddings(ds: datasets.Dataset, encoder: StlKernelEncoder, *, batch_size: int = 256) -> datasets.Dataset:
@@ -272,16 +294,22 @@ def tokenize_batch(tokenizer, batch: dict[str, list]) -> dict[str, list]:
 
 
 def lazy_tokenize(ds: datasets.Dataset, tokenizer, max_length: int | None = None) -> datasets.Dataset:
-    """Add a `length` column (token count, for length grouping), drop rows longer than `max_length` (with a note)
-    and tokenize on access with `with_transform`."""
+    """Add a `length` column (token count, for length grouping), drop rows longer than `max_length` (with a note;
+    a warning when that is more than `DROP_WARN_SHARE` of them: the longest formulae are then missing from what the
+    model sees) and tokenize on access with `with_transform`."""
     if "length" not in ds.column_names:
         ds = ds.map(lambda b: {"length": [len(ids) for ids in tokenizer(b["formula"])["input_ids"]]}, batched=True,
                     batch_size=1000)
     if max_length is not None:
         n = len(ds)
         ds = ds.filter(lambda lengths: [x <= max_length for x in lengths], input_columns="length", batched=True)
-        if len(ds) < n:
-            print(f"dropped {n - len(ds)} of {n} rows longer than {max_length} tokens", flush=True)
+        dropped = n - len(ds)
+        note = f"dropped {dropped} of {n} rows longer than {max_length} tokens"
+        if dropped > DROP_WARN_SHARE * n:
+            warnings.warn(f"{note} ({dropped / n:.1%}): the longest formulae are missing; raise "
+                          "model.max_position_embeddings to keep them", stacklevel=2)
+        elif dropped:
+            print(note, flush=True)
     cols = [c for c in ("formula", "embedding") if c in ds.column_names]
     return ds.with_transform(lambda b: tokenize_batch(tokenizer, b), columns=cols, output_all_columns=True)
 

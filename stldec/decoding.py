@@ -14,8 +14,9 @@
   then window/operator/atom edits); never farther from the target than re-ranking's choice.
 - `decode` works batch by batch with a progress bar; given `parts_path` it appends each finished batch to a JSONL
   file, and a rerun with the same settings and inputs skips what is done.
-- Inputs: `read_inputs` (embedding files or formula tables), `load_model_encoder` / `check_encoder` (the encoder a
-  model was trained with; another one is refused).
+- Inputs: `read_inputs` (embedding files or formula tables), `load_model` (a saved decoder, refused when its weights
+  are damaged or incomplete), `load_model_encoder` / `check_encoder` (the encoder a model was trained with, recorded
+  in its config; another one is refused).
 """
 
 from __future__ import annotations
@@ -291,24 +292,82 @@ def model_encoder_config(model_or_dir) -> dict | None:
     return json.loads(p.read_text()) if d and p.is_file() else None
 
 
+def _recorded_fingerprints(model_or_dir) -> dict[str, str]:
+    """Where a model records the encoder it was trained with -> that fingerprint: `encoder_fingerprint` in its
+    config (written by training) and its `encoder/` folder; either may be absent (older models)."""
+    config = getattr(model_or_dir, "config", None)
+    if config is None:
+        p = Path(model_or_dir) / "config.json"
+        recorded = json.loads(p.read_text()).get("encoder_fingerprint") if p.is_file() else None
+    else:
+        recorded = getattr(config, "encoder_fingerprint", None)
+    saved = model_encoder_config(model_or_dir)
+    found = {"config.json encoder_fingerprint": recorded, f"{ENCODER_DIR}/ folder": saved and saved["fingerprint"]}
+    return {where: fingerprint for where, fingerprint in found.items() if fingerprint}
+
+
 def check_encoder(model_or_dir, encoder) -> None:
     """Refuse an encoder whose fingerprint (anchors, trajectories, sigma2, seed, convention) differs from the one
-    the model was trained with, or whose embedding size differs from the model's."""
-    saved = model_encoder_config(model_or_dir)
-    if saved is not None and saved["fingerprint"] != encoder.fingerprint:
-        raise ValueError(f"the model was trained with encoder {saved['fingerprint']}, not {encoder.fingerprint}: "
-                         "its embeddings mean something else (use the model's encoder/ folder)")
+    the model was trained with (its config's `encoder_fingerprint`, its `encoder/` folder), or whose embedding size
+    differs from the model's."""
+    for where, fingerprint in _recorded_fingerprints(model_or_dir).items():
+        if fingerprint != encoder.fingerprint:
+            raise ValueError(f"the model was trained with encoder {fingerprint} (its {where}), not "
+                             f"{encoder.fingerprint}: its embeddings mean something else (use the encoder the model "
+                             "was trained with)")
     dim = getattr(getattr(model_or_dir, "config", None), "embedding_dim", None)
     if dim is not None and dim != encoder.embedding_dim:
         raise ValueError(f"the encoder makes {encoder.embedding_dim}-dim embeddings but the model takes {dim}")
 
 
 def load_model_encoder(model_dir: str | os.PathLike):
-    """The kernel encoder saved with a trained model (`<model_dir>/encoder`), or None."""
+    """The kernel encoder saved with a trained model (`<model_dir>/encoder`), or None; refused (`check_encoder`)
+    when it is not the encoder the model's config records (a replaced `encoder/` folder)."""
     from .stl import StlKernelEncoder
 
     d = Path(model_dir) / ENCODER_DIR
-    return StlKernelEncoder.from_pretrained(d) if (d / "encoder_config.json").is_file() else None
+    if not (d / "encoder_config.json").is_file():
+        return None
+    encoder = StlKernelEncoder.from_pretrained(d)
+    check_encoder(model_dir, encoder)
+    return encoder
+
+
+MAX_ABS_WEIGHT = 1e4  # trained stldec weights stay far below; random bytes read as float32 mostly exceed it
+
+
+def load_model(model_dir: str | os.PathLike):
+    """The decoder saved in `model_dir` (eval mode), refused unless its weights load whole and sound.
+
+    `from_pretrained` alone initialises missing tensors at random with a warning and uses whatever numbers a
+    damaged file holds. Here an unreadable `model.safetensors`, missing / unexpected / mis-shaped tensors (HF's
+    `output_loading_info`), or tensors with NaN, inf or values above `MAX_ABS_WEIGHT` (garbage bytes) raise a
+    one-line ValueError naming the file and the tensors. Every command that decodes loads its model here.
+    """
+    from safetensors import SafetensorError
+
+    from .modeling import StlDecForCausalLM
+
+    weights = Path(model_dir) / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{model_dir} holds no model.safetensors: not a saved model or checkpoint folder")
+    try:
+        model, info = StlDecForCausalLM.from_pretrained(model_dir, output_loading_info=True,
+                                                        ignore_mismatched_sizes=True)  # reported, refused below
+    except SafetensorError as e:
+        raise ValueError(f"{weights} is not a readable safetensors file ({e}): the file is damaged") from None
+    wrong = [f"{kind} tensors {sorted(info[f'{kind}_keys'])}" for kind in ("missing", "unexpected")
+             if info[f"{kind}_keys"]]
+    wrong += [f"{k} has shape {list(a)} in the file, {list(b)} in the model" for k, a, b in info["mismatched_keys"]]
+    if wrong:
+        raise ValueError(f"{weights} does not match the model of {Path(model_dir) / 'config.json'}: "
+                         + "; ".join(wrong))
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool((t.abs() <= MAX_ABS_WEIGHT).all())]  # NaN fails <= too
+    if bad:
+        raise ValueError(f"{weights} holds NaN, inf or implausibly large (> {MAX_ABS_WEIGHT:g}) values in tensors "
+                         f"{bad}: the file is damaged")
+    return model.eval()
 
 
 def read_inputs(path: str | os.PathLike, encoder=None) -> tuple[torch.Tensor, list[str] | None]:

@@ -290,8 +290,8 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
     import pandas as pd
 
     from .data import load_formulae
-    from .decoding import DecodingConfig, check_encoder, decode, load_model_encoder
-    from .modeling import StlDecConfig, StlDecForCausalLM
+    from .decoding import DecodingConfig, check_encoder, decode, load_model, load_model_encoder
+    from .modeling import StlDecConfig
     from .registry import Registry, file_sha256, run_key, test_set_hash
     from .report import published_reference, write_report
     from .stl import StlKernelEncoder
@@ -312,6 +312,10 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
     settings.setdefault("max_horizon", encoder.n_points - 1)
     settings.setdefault("max_new_tokens", StlDecConfig.from_pretrained(model_dir).max_position_embeddings - 1)
     cfg = DecodingConfig(**settings)
+    if cfg.strategy in ("rerank", "refine") and encoder.seed == metric_seed:
+        raise ValueError(f"strategy={cfg.strategy!r} searches on the encoder's trajectories, which are the metrics' "
+                         f"(both seed {metric_seed}): choose another metric_seed (--metric_seed) so the scores stay "
+                         "honest")
     canonical = cfg.canonical()
 
     ds = load_formulae(test_path)
@@ -330,7 +334,7 @@ def run_evaluation(model_dir: str | os.PathLike, test_path: str | os.PathLike, *
             rows = pd.read_parquet(reg.outputs_path(old)).to_dict(orient="records")
             result = {**old["metrics"], "rows": rows, "run": old, "reused": True, "conflict": None}
         else:
-            model = StlDecForCausalLM.from_pretrained(model_dir).to(device or encoder.device)
+            model = load_model(model_dir).to(device or encoder.device)
             tokenizer = (StlTokenizer.from_pretrained(model_dir) if (model_dir / "vocab.json").is_file()
                          else StlTokenizer())
             embeddings = (torch.tensor(ds["embedding"], dtype=torch.float32) if "embedding" in ds.column_names

@@ -51,9 +51,8 @@ def run_quickstart(output_dir: str = "outputs/quickstart", *, tiny: bool = False
     from transformers.utils import logging as hf_logging
 
     from .data import generate_dataset
-    from .decoding import decode, load_model_encoder
+    from .decoding import decode, load_model, load_model_encoder
     from .evaluation import compute_metrics
-    from .modeling import StlDecForCausalLM
     from .tokenization import StlTokenizer
     from .trainers import Experiment, train
 
@@ -65,7 +64,7 @@ def run_quickstart(output_dir: str = "outputs/quickstart", *, tiny: bool = False
     say(f"[1/3] training a {experiment.model['num_hidden_layers']}-layer decoder on {data.n_train} generated "
         f"formulae ({data.encoder['anchors']}-anchor kernel encoder, {experiment.training['max_steps']} steps)")
     model_dir = train(experiment, out / "model")
-    model, tokenizer = StlDecForCausalLM.from_pretrained(model_dir).eval(), StlTokenizer()
+    model, tokenizer = load_model(model_dir), StlTokenizer()
     encoder = load_model_encoder(model_dir)
 
     n_test = SETTINGS["n_test"][tiny]

@@ -3,7 +3,9 @@ length grouping, and the experiment file (round trip, overrides, clear errors)."
 
 import json
 import os
+import warnings
 
+import datasets
 import pytest
 import torch
 
@@ -120,7 +122,12 @@ def test_lazy_tokenize_lengths_and_drop(encoder, tok):
     assert list(lazy["length"]) == [len(x) for x in ids]
     assert lazy[3]["input_ids"] == ids[3] and len(lazy[3]["formula_embedding"]) == encoder.embedding_dim
     cut = sorted(lazy["length"])[10]
-    assert max(D.lazy_tokenize(ds, tok, max_length=cut)["length"]) <= cut
+    with pytest.warns(UserWarning, match=rf"dropped \d+ of 20 rows longer than {cut} tokens \(\d+\.\d%\)"):
+        assert max(D.lazy_tokenize(ds, tok, max_length=cut)["length"]) <= cut
+    few = datasets.Dataset.from_dict({"formula": ["x_0 >= 1.5"] * 100 + ["always[0,10] ( ( x_1 <= -0.25 ) )"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 1 row of 101 (< 1 %): a note, no warning
+        assert len(D.lazy_tokenize(few, tok, max_length=8)) == 100
 
 
 def test_collator_pads_to_the_batch_and_masks_labels(tok):

@@ -1,10 +1,13 @@
 """End-to-end training on the CPU with a tiny model and a tiny kernel encoder: loss drops, checkpoints at the step
-interval and each epoch end, SIGKILL + resume == uninterrupted, 2-process accelerate, heads and fine-tuning, re-warmed
-schedules, mixtures, and bad configurations failing before any training."""
+interval and each epoch end, SIGKILL + resume == uninterrupted, a damaged checkpoint skipped, a resume with a changed
+experiment refused, 2-process accelerate, heads and fine-tuning, re-warmed schedules, mixtures, bad configurations and
+bad data failing before any training."""
 
 import copy
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,7 +21,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from stldec.trainers import Experiment, checkpoints, last_complete_checkpoint, parse_train_args, train
+from stldec.stl import StlKernelEncoder
+from stldec.trainers import Experiment, checkpoints, last_complete_checkpoint, make_encoder, parse_train_args, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -76,12 +80,14 @@ def test_loss_drops_and_the_run_folder_is_complete(tmp_path):
     record = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
     assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]["torch"]
     assert {"git", "hardware", "argv"} <= set(record)
-    assert json.loads((out / "encoder" / "encoder_config.json").read_text())["n_anchors"] == 8
+    saved_encoder = json.loads((out / "encoder" / "encoder_config.json").read_text())
+    assert saved_encoder["n_anchors"] == 8
     assert list(out.glob("runs/*/events.out.tfevents.*"))
 
     from stldec import StlDecForCausalLM
     model = StlDecForCausalLM.from_pretrained(out)
     assert model.config.add_cross_attention and model.config.embedding_dim == 8
+    assert model.config.encoder_fingerprint == saved_encoder["fingerprint"]  # decoding checks it against encoder/
 
 
 def test_only_marked_checkpoints_count_as_complete(tmp_path):
@@ -150,6 +156,83 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same ops on the same data: bitwise
     assert [m["loss"] for m in metrics(out) if "loss" in m] == [m["loss"] for m in metrics(tmp_path / "whole")
                                                                if "loss" in m]
+
+
+@pytest.mark.parametrize("damage", ["optimizer.pt truncated", "4 KB of garbage inside model.safetensors"])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, damage):
+    e = experiment(training={"max_steps": 4, "save_steps": 2})
+    out = train(e, tmp_path / "r")
+    whole = load_file(out / "model.safetensors")
+    name = damage.split()[-1] if "inside" in damage else damage.split()[0]
+    raw = bytearray((out / "checkpoint-4" / name).read_bytes())
+    if "garbage" in damage:
+        g = torch.Generator().manual_seed(0)
+        raw[len(raw) // 2 : len(raw) // 2 + 4096] = torch.randint(0, 256, (4096,), generator=g,
+                                                                   dtype=torch.uint8).numpy().tobytes()
+    else:
+        raw = raw[: len(raw) // 2]
+    (out / "checkpoint-4" / name).write_bytes(bytes(raw))
+
+    with pytest.warns(UserWarning, match=f"checkpoint-4 is damaged \\({name} changed since it was written\\)"):
+        train(e, out)  # the rerun: the newest complete checkpoint is damaged, the previous one is resumed
+    assert json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["resume_from"].endswith("checkpoint-2")
+    assert (out / "checkpoint-4.damaged" / name).is_file() and last_complete_checkpoint(out) == out / "checkpoint-4"
+    resumed = load_file(out / "model.safetensors")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)  # resumed from step 2 == uninterrupted
+
+
+def test_resume_refuses_a_changed_experiment_before_writing_anything(tmp_path):
+    from stldec.cli import main
+
+    make_encoder(BASE["data"]["encoder"]).save_pretrained(tmp_path / "enc")
+    e = experiment(data={"encoder": str(tmp_path / "enc")}, training={"max_steps": 4, "save_steps": 2})
+    e.save(tmp_path / "e.yaml")
+    out = train(e, tmp_path / "r")
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    refused = [({"learning_rate": 0.5}, "training.learning_rate: 0.003 -> 0.5"),
+               ({"lr_scheduler_type": "constant"}, "training.lr_scheduler_type: 'cosine' -> 'constant'"),
+               ({"model.hidden_size": 96}, "model.hidden_size: '(unset)' -> 96"),
+               ({"data.n_train": 80, "seed": 3}, "data.n_train: 64 -> 80; training.seed: 0 -> 3")]
+    for change, named in refused:
+        with pytest.raises(ValueError, match=re.escape(named)) as err:
+            train(e.override(change), out)
+        assert "--rewarm_from" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SystemExit, match=re.escape("stldec train: ") + ".*" + re.escape("0.003 -> 0.5")):
+        main(["train", "--config", str(tmp_path / "e.yaml"), "--output_dir", str(out), "--learning_rate", "0.5"])
+    other = StlKernelEncoder(make_encoder(BASE["data"]["encoder"]).anchors, n_trajectories=200, n_points=40, seed=1)
+    shutil.rmtree(tmp_path / "enc")
+    other.save_pretrained(tmp_path / "enc")  # the same data.encoder path, another encoder behind it
+    with pytest.raises(ValueError, match=f"trained with encoder .* but data.encoder is now {other.fingerprint}"):
+        train(e, out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # experiment.yaml untouched
+
+
+def test_resume_applies_a_new_length_and_new_intervals(tmp_path):
+    out = train(experiment(training={"max_steps": 4, "save_steps": 2}), tmp_path / "r")
+    with pytest.warns(UserWarning, match="max_steps 4 -> 10: applied; the cosine learning-rate schedule is recomputed"):
+        train(experiment(training={"max_steps": 10, "save_steps": 5}), out)
+    assert steps_saved(out) == [2, 4, 5, 8, 10]  # every 5 steps now (HF alone keeps the checkpoint's 2), epoch ends
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 10
+    assert Experiment.load(out / "experiment.yaml").training["max_steps"] == 10
+
+
+def test_bad_training_rows_are_named_by_file_row(tmp_path):
+    rows = [[0.1 * i] * 8 for i in range(8)]
+    rows[1][3], rows[4][0] = math.nan, math.inf
+    formulae = ["always[0,5] ( x_0 >= 0.5 )"] * 8
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"formula": f, "embedding": r}) + "\n"
+                                              for f, r in zip(formulae, rows)))
+    with pytest.raises(ValueError, match=re.escape("t.jsonl: 2 of 8 rows have a missing, NaN or inf embedding: rows "
+                                                   "[1, 4] (0-based data rows, in file order)")):
+        train(experiment(data={"train": str(tmp_path / "t.jsonl")}), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_rows_dropped_as_too_long_are_recorded_and_warned_about(tmp_path):
+    with pytest.warns(UserWarning, match=r"dropped \d+ of 64 rows longer than 40 tokens \(\d+\.\d%\): the longest"):
+        out = train(experiment(model={"max_position_embeddings": 40}, training={"max_steps": 2}), tmp_path / "r")
+    dropped = json.loads((out / "runs.jsonl").read_text())["rows_dropped_too_long"]
+    assert set(dropped) == {"train"} and dropped["train"]["rows"] == 64 and 0 < dropped["train"]["dropped"] < 64
 
 
 @pytest.mark.slow

@@ -87,9 +87,11 @@ def training_fields() -> set[str]:
 
 
 def config_fields() -> set[str]:
+    """The StlDecConfig fields an experiment may set (`encoder_fingerprint` is the run's own record of its encoder)."""
     from ..configuration import StlDecConfig
 
-    return {f.name for f in dataclasses.fields(StlDecConfig)} | {"is_decoder", "add_cross_attention", "use_cache"}
+    fields = {f.name for f in dataclasses.fields(StlDecConfig)} - {"encoder_fingerprint"}
+    return fields | {"is_decoder", "add_cross_attention", "use_cache"}
 
 
 @dataclasses.dataclass

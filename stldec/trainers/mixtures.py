@@ -45,14 +45,15 @@ def _shared_file(path: str | None, out: Path, name: str, n: int, encoder, seed: 
 
 def evaluate_model(model_dir: str | Path, test_file: str, encoder) -> dict:
     """Greedy-decode every row of `test_file` with the model in `model_dir` (at most twice the longest gold
-    formula's tokens); `compute_metrics` of the result."""
+    formula's tokens; the model must have been trained with `encoder`); `compute_metrics` of the result."""
     import torch
 
+    from ..decoding import check_encoder, load_model
     from ..evaluation import compute_metrics
-    from ..modeling import StlDecForCausalLM
     from ..tokenization import StlTokenizer
 
-    model = StlDecForCausalLM.from_pretrained(model_dir).eval()
+    model = load_model(model_dir)
+    check_encoder(model, encoder)
     tokenizer = StlTokenizer.from_pretrained(model_dir)
     rows = D.load_formulae(test_file, encoder)[:]  # {column: list}
     longest = max(len(ids) for ids in tokenizer(rows["formula"])["input_ids"])

@@ -1,12 +1,14 @@
 """`train(experiment, output_dir)`: one training run from an `Experiment`, resumable at any moment.
 
-Order of work: every setting and file is checked first (unknown fields, missing files, embedding sizes) so a bad
-configuration fails in seconds; then the output folder is prepared (unfinished checkpoints removed, the resolved
-experiment and a run record written), the data built, the model made, and the Trainer run. A run finds its last
-complete checkpoint by itself: rerunning the same command continues it (model, optimizer, scheduler, RNG and data
-position) and ends with the same weights as an uninterrupted run. The finished model lands in `output_dir` itself:
-config.json + model.safetensors + tokenizer files + `encoder/` (the kernel encoder, so evaluation can refuse a
-different one) + train/test metrics.
+Order of work: every setting and file is checked first (unknown fields, missing files, embedding sizes, a resume
+with a changed experiment) so a bad configuration fails in seconds; then the output folder is prepared (unfinished
+checkpoints removed, damaged ones moved aside, the resolved experiment and a run record written), the data built,
+the model made, and the Trainer run. A run finds its last complete checkpoint by itself: rerunning the same command
+continues it (model, optimizer, scheduler, RNG and data position) and ends with the same weights as an
+uninterrupted run; only the fields in `RESUMABLE` may change between the launches (see `check_resume`). The
+finished model lands in `output_dir` itself: config.json (recording the kernel encoder's fingerprint) +
+model.safetensors + tokenizer files + `encoder/` (the kernel encoder, so evaluation can refuse a different one) +
+train/test metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -27,6 +30,7 @@ import torch
 from .. import data as D
 from .experiment import Experiment
 from .trainer import (
+    ApplyIntervals,
     JsonlLogger,
     SaveAtEpochEnd,
     StlTrainer,
@@ -36,6 +40,9 @@ from .trainer import (
 )
 
 VALIDATION_SEED_OFFSET = 1_000_003  # generated validation rows never share a generator seed with training rows
+# training fields a resumed run may change, all applied: its length, its intervals, its reporting
+RESUMABLE = ("max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
+             "report_to", "disable_tqdm", "output_dir")
 
 
 @atexit.register
@@ -126,6 +133,40 @@ def check_files(experiment: Experiment) -> None:
         raise ValueError("data.stream is endless: set training.max_steps (or --max_steps)")
 
 
+def check_resume(saved: Experiment, experiment: Experiment, args, output_dir: str, checkpoint: Path) -> None:
+    """Refuse to resume `checkpoint` of the run whose experiment.yaml holds `saved` with a changed `experiment`.
+
+    A resumed run continues the checkpoint's weights, optimizer, learning-rate schedule and data order, so a
+    changed model, data, rewarm_from or optimisation setting (learning_rate, lr_scheduler_type, batch size, ...)
+    would be ignored or break the run: refused, naming every changed field with both values. The `RESUMABLE`
+    training fields may change and are applied; a new length also recomputes the learning-rate schedule for it
+    (a decaying rate jumps at the checkpoint's step: warned).
+    """
+    old, new, unset = saved.to_dict(), experiment.to_dict(), "(unset)"
+    was, now = ({"rewarm_from": d.get("rewarm_from"), **{f"{s}.{k}": v for s in ("model", "data")
+                                                          for k, v in d[s].items()}} for d in (old, new))
+    changed = [f"{k}: {was.get(k, unset)!r} -> {now.get(k, unset)!r}" for k in sorted(was.keys() | now.keys())
+               if was.get(k, unset) != now.get(k, unset)]
+    old_args = saved.training_arguments(**default_arguments(saved, output_dir))
+    for k in sorted(old["training"].keys() | new["training"].keys()):
+        x, y = getattr(old_args, k), getattr(args, k)  # as resolved: an explicit default is no change
+        if x != y and k not in RESUMABLE:
+            x, y = (getattr(v, "value", v) for v in (x, y))  # enums by their names
+            changed.append(f"training.{k}: {old['training'].get(k, x)!r} -> {new['training'].get(k, y)!r}")
+    if changed:
+        raise ValueError(f"{output_dir} holds a run of another experiment: refusing to resume it with "
+                         f"{'; '.join(changed)} (a resumed run continues the model, data order, optimizer and "
+                         f"learning-rate schedule of {checkpoint.name}; only {', '.join(RESUMABLE)} may change). Use "
+                         f"another --output_dir, e.g. with --rewarm_from {checkpoint} to continue its weights and "
+                         "optimizer under a new schedule")
+    length = [f"{k} {getattr(old_args, k)} -> {getattr(args, k)}" for k in ("max_steps", "num_train_epochs")
+              if getattr(old_args, k) != getattr(args, k)]
+    if length:
+        warnings.warn(f"resuming {checkpoint} with {', '.join(length)}: applied; the {args.lr_scheduler_type.value} "
+                      "learning-rate schedule is recomputed for the new length, so a decaying rate jumps at this step "
+                      "(for a warm restart use --rewarm_from in another --output_dir)", stacklevel=2)
+
+
 def _embedding_dim(ds) -> int | None:
     return len(ds[0]["embedding"]) if ds is not None and "embedding" in ds.column_names and len(ds) else None
 
@@ -169,6 +210,10 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
     check_files(experiment)
     args = experiment.training_arguments(**default_arguments(experiment, output_dir))
     head, spec = experiment.model["head"], experiment.data
+    out = Path(output_dir)
+    resume = last_complete_checkpoint(out)
+    if resume is not None and (out / "experiment.yaml").is_file():
+        check_resume(Experiment.load(out / "experiment.yaml"), experiment, args, output_dir, resume)
 
     # data, then the model (whose embedding_dim must match the data's)
     tokenizer = StlTokenizer()
@@ -178,24 +223,34 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
     if head == "decoder" and len(dims) > 1:
         raise ValueError(f"embeddings of different sizes {sorted(dims)} in the encoder/train/validation/test data")
     config = experiment.model_config(embedding_dim=dims.pop() if dims and head == "decoder" else None)
+    made_by = encoder.fingerprint if encoder is not None else D.built_with(spec.train) if spec.train else None
+    config.encoder_fingerprint = made_by if head == "decoder" else None  # decoding refuses any other encoder
+    trained_with = resume and json.loads((resume / "config.json").read_text()).get("encoder_fingerprint")
+    if trained_with and trained_with != config.encoder_fingerprint:
+        raise ValueError(f"{resume} was trained with encoder {trained_with}, but data.encoder is now "
+                         f"{config.encoder_fingerprint}: refusing to resume it with other embeddings")
     max_len = config.max_position_embeddings
-    if not spec.stream:
-        train_ds = D.lazy_tokenize(train_ds, tokenizer, max_len)
-    val_ds, test_ds = (D.lazy_tokenize(ds, tokenizer, max_len) if ds is not None else None for ds in (val_ds, test_ds))
+    splits = {"train": None if spec.stream else train_ds, "validation": val_ds, "test": test_ds}
+    tokenized = {k: D.lazy_tokenize(ds, tokenizer, max_len) for k, ds in splits.items() if ds is not None}
+    too_long = {k: {"dropped": len(splits[k]) - len(ds), "rows": len(splits[k])} for k, ds in tokenized.items()}
+    train_ds, val_ds, test_ds = tokenized.get("train", train_ds), tokenized.get("validation"), tokenized.get("test")
 
-    # only now that everything is checked, the output folder: unfinished checkpoints go, the resolved experiment
-    # and this launch's record are written
-    out = Path(output_dir)
-    resume = last_complete_checkpoint(out)
+    # only now that everything is checked, the output folder: unfinished checkpoints go, damaged ones (newer than
+    # the one resumed) are moved aside, the resolved experiment and this launch's record are written
     if args.should_save:
         out.mkdir(parents=True, exist_ok=True)
         for p in checkpoints(out, complete=False):
             print(f"removing unfinished checkpoint {p} (no {p.name}/stldec_complete.json)", flush=True)
             shutil.rmtree(p, ignore_errors=True)
+        done = checkpoints(out)
+        for p in done[done.index(resume) + 1 if resume else 0 :]:
+            print(f"moving damaged checkpoint {p} aside to {p.name}.damaged", flush=True)
+            shutil.rmtree(p.with_name(f"{p.name}.damaged"), ignore_errors=True)
+            p.rename(p.with_name(f"{p.name}.damaged"))
         experiment.save(out / "experiment.yaml")
         with open(out / "runs.jsonl", "a") as f:
             f.write(json.dumps({**run_record(args), "resume_from": str(resume) if resume else None,
-                                "model_config": config.to_diff_dict(),
+                                "model_config": config.to_diff_dict(), "rows_dropped_too_long": too_long,
                                 "training_arguments": json.loads(args.to_json_string())}) + "\n")
         if resume is not None and (out / "metrics.jsonl").is_file():  # drop lines the interrupted run logged later
             step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
@@ -217,7 +272,7 @@ def train(experiment: Experiment, output_dir: str | os.PathLike) -> Path:
     trainer = StlTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
         data_collator=D.StlCollator(tokenizer, head, mlm_probability=spec.mlm_probability, max_length=max_len),
-        callbacks=[SaveAtEpochEnd(), JsonlLogger()], encoder=encoder, generation_rows=gen_rows,
+        callbacks=[SaveAtEpochEnd(), ApplyIntervals(), JsonlLogger()], encoder=encoder, generation_rows=gen_rows,
         rewarm_lr=checkpoint_lr(experiment.rewarm_from) if experiment.rewarm_from else None,
         rewarm_optimizer=experiment.rewarm_from)
     if resume is not None:

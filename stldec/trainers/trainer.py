@@ -1,10 +1,13 @@
 """`StlTrainer` (an HF `Trainer`) and the callbacks a training run needs.
 
 - Checkpoints: every `save_steps` (Trainer) and at each epoch end (`SaveAtEpochEnd`), never twice for one step.
-  `StlTrainer` writes `stldec_complete.json` into a checkpoint once every process has finished writing it, and
-  only then deletes old checkpoints beyond `save_total_limit` (HF deletes them before any callback could mark the
-  new one: a crash in between left nothing to resume). `last_complete_checkpoint` only ever returns a marked one, so
-  a checkpoint cut short by a crash is never resumed.
+  `StlTrainer` writes `stldec_complete.json` (with the sha256 of every file) into a checkpoint once every process
+  has finished writing it, and only then deletes old checkpoints beyond `save_total_limit` (HF deletes them before
+  any callback could mark the new one: a crash in between left nothing to resume). `last_complete_checkpoint` only
+  ever returns a marked one whose files still match their digests, so a checkpoint cut short by a crash or damaged
+  later is never resumed: the previous complete one is, with a warning.
+- `ApplyIntervals`: a resumed run logs, evaluates and saves at the intervals it was launched with (HF would keep
+  the checkpoint's).
 - `JsonlLogger`: every logged dict as one JSON line in `<output_dir>/metrics.jsonl`.
 - `StlTrainer`: length grouping with a sampler reseeded per epoch (so a resumed run draws the same batches), a
   `FormulaStream` fed to each process as is (already rank-aware: accelerate's shard wrapper would make every process
@@ -15,8 +18,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,9 +51,33 @@ def checkpoints(output_dir: str | Path, *, complete: bool | None = True) -> list
     return sorted((p for p in found if complete is None or (p / MARKER).is_file() == complete), key=_step)
 
 
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def damaged_files(checkpoint: Path) -> list[str]:
+    """Files of a complete checkpoint that are missing or changed since its marker recorded their sha256 ([] for a
+    marker without digests, as older runs wrote)."""
+    try:
+        recorded = json.loads((checkpoint / MARKER).read_text()).get("sha256", {})
+    except (ValueError, OSError):
+        return [MARKER]
+    return [name for name, digest in recorded.items() if _sha256(checkpoint / name) != digest]
+
+
 def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    done = checkpoints(output_dir)
-    return done[-1] if done else None
+    """The newest complete checkpoint whose files match their recorded digests; each newer one that does not is
+    skipped with a warning."""
+    for p in reversed(checkpoints(output_dir)):
+        damaged = damaged_files(p)
+        if not damaged:
+            return p
+        warnings.warn(f"{p} is damaged ({', '.join(damaged)} changed since it was written): skipping it",
+                      stacklevel=2)
+    return None
 
 
 def checkpoint_lr(checkpoint: str | Path) -> float:
@@ -70,6 +99,14 @@ class SaveAtEpochEnd(TrainerCallback):
         if state.global_step != self.last_saved and args.save_strategy != "no":
             control.should_save = True
         return control
+
+
+class ApplyIntervals(TrainerCallback):
+    """On resume HF restores logging/eval/save steps from the checkpoint's trainer_state.json (and only warns that
+    they differ): recompute them from this launch's arguments, so a changed interval takes effect."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
 
 
 class JsonlLogger(TrainerCallback):
@@ -196,8 +233,11 @@ class StlTrainer(Trainer):
         if not self.args.should_save:
             return
         run_dir = Path(self._get_output_dir(trial=trial))
-        (run_dir / f"checkpoint-{self.state.global_step}" / MARKER).write_text(
-            json.dumps({"global_step": self.state.global_step, "epoch": self.state.epoch}))
+        checkpoint = run_dir / f"checkpoint-{self.state.global_step}"
+        digests = {p.relative_to(checkpoint).as_posix(): _sha256(p) for p in sorted(checkpoint.rglob("*"))
+                   if p.is_file() and p.name != MARKER}
+        (checkpoint / MARKER).write_text(json.dumps({"global_step": self.state.global_step, "epoch": self.state.epoch,
+                                                     "sha256": digests}))
         if limit:  # keep the newest `limit` complete checkpoints and the best one
             best = self.state.best_model_checkpoint
             for old in checkpoints(run_dir)[:-limit]:
