@@ -210,6 +210,8 @@ def trained(tmp_path_factory):
 @pytest.mark.slow
 def test_card_is_filled_from_the_run_record_and_its_snippets_run(tmp_path, trained, capsys):
     run, registry = trained
+    for folder in (run, run / "checkpoint-2"):  # trainer checkpoints carry the code too (plain save_pretrained)
+        assert {"configuration.py", "modeling.py", "tokenization.py"} <= set(os.listdir(folder))
     main(["hub", "prepare", "--model", str(run), "--out", str(tmp_path / "hub"), "--registry", str(registry),
           "--description", "A test decoder."])
     hub = tmp_path / "hub"
