@@ -90,7 +90,7 @@ def model_folder(path, model, encoder=None):
 
 @pytest.fixture(scope="module")
 def hub_folder(tmp_path_factory, encoder):
-    """An untrained tiny decoder trained on `encoder`'s embeddings, prepared for the Hub."""
+    """An untrained tiny decoder sized for `encoder`'s embeddings, saved with it and prepared for the Hub."""
     d = tmp_path_factory.mktemp("hub")
     torch.manual_seed(0)
     model = StlDecForCausalLM(StlDecConfig.from_preset("tiny", embedding_dim=encoder.embedding_dim))
@@ -153,8 +153,8 @@ def test_decode_cli_reads_the_hub_folder(tmp_path, hub_folder):
     model, tok = StlDecForCausalLM.from_pretrained(hub_folder), StlTokenizer.from_pretrained(hub_folder)
     encoder = load_model_encoder(hub_folder)
     assert list(out["formula"]) == FORMULAE
-    assert list(out["decoded"]) == decode(model, tok, encoder.encode(FORMULAE), constrained=True, n_vars=3,
-                                          max_horizon=29)
+    assert list(out["decoded"]) == decode(model, tok, encoder.encode(FORMULAE), constrained=True,
+                                          n_vars=encoder.n_vars, max_horizon=encoder.n_points - 1)
 
 
 def test_pipeline_from_the_hub_folder(tmp_path, hub_folder):
