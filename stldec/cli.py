@@ -9,6 +9,7 @@
     stldec quickstart ...  encoder + data + a small decoder trained, decoded and scored in minutes, offline
     stldec evaluate ...    decode a test set, score it, record it in a registry, write a Markdown report
     stldec registry ...    list a registry of evaluation runs, or merge registries (conflicts reported)
+    stldec hub ...         write a trained model's Hugging Face Hub folder (code, encoder, model card) or upload it
 
 Each sub-command registers itself with `_command` below; `main()` dispatches.
 """
@@ -449,6 +450,41 @@ def registry(args: argparse.Namespace) -> None:
     if conflicts:
         print(format_conflicts(conflicts), file=sys.stderr)
         raise SystemExit(2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the Hugging Face Hub hand-off
+
+
+def _hub_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="hub_command", required=True)
+    prepare = sub.add_parser("prepare", help="write the Hub folder of a trained model (code, encoder, model card)")
+    push = sub.add_parser("push", help="prepare the Hub folder in a temporary directory and upload it")
+    for q in (prepare, push):
+        q.add_argument("--model", required=True, help="trained model folder (what `stldec train` wrote)")
+        q.add_argument("--registry", help="`stldec evaluate` registry: its runs of these weights go into the card")
+        q.add_argument("--description", default="", help="free text for the model card")
+        q.add_argument("--license", default="mit")
+    prepare.add_argument("--out", required=True, help="new or empty folder for the Hub files")
+    prepare.add_argument("--name", help="repository id the card's snippets load (default: the --out folder name)")
+    push.add_argument("--repo", required=True, help="Hub repository id, e.g. me/stldec-small (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+
+
+@_command("hub", _hub_arguments)
+def hub(args: argparse.Namespace) -> None:
+    """Hub hand-off: `stldec hub prepare` writes a self-contained Hub folder, `stldec hub push` uploads one."""
+    from .hub import prepare_hub_folder, push_to_hub
+
+    card = dict(description=args.description, license=args.license, registry=args.registry)
+    try:
+        if args.hub_command == "prepare":
+            out = prepare_hub_folder(args.model, args.out, name=args.name, **card)
+            print(f"Hub folder written to {out}; check {out / 'README.md'}, then `stldec hub push`")
+        else:
+            print(f"uploaded: {push_to_hub(args.model, args.repo, private=args.private, **card)}")
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"stldec hub {args.hub_command}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

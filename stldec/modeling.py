@@ -138,6 +138,12 @@ class StlDecBlock(GradientCheckpointingLayer):
         return x + self.dropout(self.mlp(self.ln_mlp(x)))
 
 
+# config.json's `auto_map` for remote code: every head, so a folder saved from one head also loads as the others
+# (`AutoModel` on a decoder folder gives its trunk); HF's save_pretrained alone maps only the head it saves
+AUTO_MAP = {"AutoConfig": "configuration.StlDecConfig", "AutoModel": "modeling.StlDecModel",
+            "AutoModelForCausalLM": "modeling.StlDecForCausalLM", "AutoModelForMaskedLM": "modeling.StlDecForMaskedLM"}
+
+
 class StlDecPreTrainedModel(PreTrainedModel):
     config: StlDecConfig
     config_class = StlDecConfig
@@ -152,6 +158,14 @@ class StlDecPreTrainedModel(PreTrainedModel):
         "attentions": OutputRecorder(StlDecAttention, index=1, layer_name=".attn"),
         "cross_attentions": OutputRecorder(StlDecAttention, index=1, layer_name=".cross_attn"),
     }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """HF's save_pretrained. Once the classes are registered for the Auto classes (`import stldec` does it), it
+        also copies configuration.py and modeling.py and writes `AUTO_MAP`: the folder then loads with
+        `trust_remote_code=True` where stldec is not installed."""
+        if self.is_remote_code():
+            self.config.auto_map = dict(AUTO_MAP)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class StlDecModel(StlDecPreTrainedModel):

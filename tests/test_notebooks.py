@@ -25,8 +25,14 @@ def model_dir(tmp_path_factory):
     return d
 
 
-def test_there_are_notebooks():
-    assert len(NOTEBOOKS) >= 2
+def test_notebooks_are_stored_executed():
+    """Committed with the outputs of one top-to-bottom run (the `make run` model), so they read without running."""
+    assert len(NOTEBOOKS) >= 3
+    for path in NOTEBOOKS:
+        code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), path.name
+        assert all(o["output_type"] != "error" for c in code for o in c.outputs), path.name
+        assert any(c.outputs for c in code), path.name
 
 
 @pytest.mark.slow

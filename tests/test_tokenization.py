@@ -195,7 +195,7 @@ def test_save_and_load(tmp_path, tok):
     assert stldec.StlTokenizer is StlTokenizer  # the public name; first access registers the Auto classes
     tok2 = StlTokenizer(padding_side="left", model_max_length=300)
     tok2.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["tokenizer_config.json", "vocab.json"]
+    assert sorted(os.listdir(tmp_path)) == ["tokenization.py", "tokenizer_config.json", "vocab.json"]  # + its code
     texts = formulae(50, seed=3)
     for loaded in (StlTokenizer.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)):
         assert type(loaded) is StlTokenizer
@@ -234,10 +234,9 @@ def test_mlm_collator(tok):
 
 
 @pytest.mark.slow
-def test_remote_code_loading_without_stldec(tmp_path, tok, monkeypatch):
+def test_remote_code_loading_without_stldec(tmp_path, tok):
     """The file is self-contained: saved with its code, it loads by trust_remote_code where stldec cannot import."""
-    monkeypatch.setattr(StlTokenizer, "_auto_class", "AutoTokenizer")  # what register_for_auto_class does
-    tok.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)  # `import stldec` registered it for AutoTokenizer: the code file is copied
     assert (tmp_path / "tokenization.py").exists()
     s = "( x_0 <= 0.2 until[6,inf] x_1 >= 1.5 )"
     script = textwrap.dedent(f"""
