@@ -5,12 +5,13 @@ search-only baseline (no network) and refine with library candidates, side by si
         --test ../shared/data/balanced_test_3000.csv ../shared/data/depth8_ood_500.csv [--per_depth 50] \
         [--strategies greedy rerank refine:0.25 refine:1 search:0.25 hybrid:0.5] --out outputs/bench_refine
 
-A strategy `refine:B` runs `decode(strategy="refine", budget_s=B)`; `search:B` is `stldec.refine.search` (the k
-library formulae nearest to the target, refined within B s per formula); `hybrid:B` is refine with 8 library
-candidates added to the network's. The search sees the target embeddings and the model's encoder only; metrics
-use 1000 base-measure trajectories of seed 0 (the model's encoder must use another seed: checked). Writes
-<out>/results.json (every metric, overall and by depth) and prints one Markdown table per test file, plus the
-overlap of the search library with the test sets (it must be 0).
+Strategies (all constrained, batches of 32): greedy; rerank (8 beams + greedy); refine:B (those candidates refined
+within B s of search per formula); hybrid:B (the greedy output + the 8 library formulae nearest to the target,
+refined); search:B (`stldec.refine.search`: the 8 nearest library formulae, no network, refined). The search
+sees the target embeddings and the model's encoder only; metrics use 1000 base-measure trajectories of seed 0
+(the model's encoder must use another seed: checked). Writes <out>/results.json (every metric, overall and by
+depth) and prints one Markdown table per test file, plus the overlap of the search library with the test sets
+(it must be 0).
 """
 
 import argparse
@@ -33,21 +34,20 @@ COLUMNS = ("validity", "cos_rho_mean", "cos_rho_q25", "cos_rho_median", "cos_rho
 
 
 def run_strategy(name: str, model, tok, encoder, e: torch.Tensor) -> list[str]:
+    """greedy | rerank (k=8 beams + greedy) | refine:B (those candidates) | hybrid:B (greedy + the 8 nearest library
+    formulae) | search:B (the 8 nearest library formulae, no network), refined within B s per formula."""
     kind, _, budget = name.partition(":")
-    budget = float(budget) if budget else None
     common = dict(encoder=encoder, batch_size=32, constrained=True, n_vars=encoder.n_vars,
                   max_horizon=encoder.n_points - 1)
+    search_settings = dict(budget_s=float(budget or 1), rounds=10_000)  # anytime: the budget decides
     if kind in ("greedy", "rerank"):
         return decode(model, tok, e, strategy=kind, **common)
     if kind in ("refine", "hybrid"):
-        return decode(model, tok, e, strategy="refine", budget_s=budget, library=8 if kind == "hybrid" else 0,
-                      rounds=100 if budget else 3, **common)
+        k, library = (8, 0) if kind == "refine" else (0, 8)
+        return decode(model, tok, e, strategy="refine", k=k, library=library, **search_settings, **common)
     if kind == "search":
-        out = []
-        for i in range(0, len(e), 32):
-            found = search(e[i : i + 32], encoder, k=8, budget_s=budget, rounds=100 if budget else 3)
-            out += [f[0].to_string() for f in found]
-        return out
+        return [f.to_string() for i in range(0, len(e), 32)
+                for f, _ in search(e[i : i + 32], encoder, k=8, **search_settings)]
     raise ValueError(f"unknown strategy {name!r}")
 
 

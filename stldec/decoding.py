@@ -43,7 +43,7 @@ STRATEGIES = ("greedy", "beam", "sample", "rerank", "refine")
 class DecodingConfig:
     """Every decoding setting; `canonical()` keeps the ones that change the output for the chosen strategy.
 
-    strategy: greedy | beam (`num_beams`) | sample (`temperature`, `top_p`, `seed`) | rerank (`k` candidates from
+    strategy: greedy | beam (`num_beams`) | sample (`temperature`, `top_p`, `seed`) | rerank (`k` >= 0 candidates from
         `pool` = beam or sample, plus the greedy output, re-embedded by the kernel encoder; the closest to the
         target by `distance` = cosine | l2 wins; a smaller formula within `size_tolerance` of the best distance is
         preferred, never one farther than the greedy output) | refine (the rerank candidates, plus the `library`
@@ -71,9 +71,9 @@ class DecodingConfig:
     batch_size: int = 64
     dialect: str = "reference"
     rounds: int = 3
-    steps: int = 15
+    steps: int = 10
     lr: float = 0.05
-    top: int = 4
+    top: int = 2
     budget_s: float | None = None
     library: int = 0
 
@@ -83,10 +83,10 @@ class DecodingConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {valid}")
-        for name in ("num_beams", "k", "batch_size", "n_vars", "top", "max_new_tokens"):
+        for name in ("num_beams", "batch_size", "n_vars", "top", "max_new_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("rounds", "steps", "library"):
+        for name in ("k", "rounds", "steps", "library"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not (self.temperature > 0 and 0 < self.top_p <= 1 and self.size_tolerance >= 0 and self.lr > 0):
@@ -185,19 +185,23 @@ def _decode_batch(model, tokenizer, e: torch.Tensor, cfg: DecodingConfig, proces
         return [r[0] for r in _generate(model, tokenizer, e, cfg, processors, beams=beams, sample=cfg.samples)]
     greedy = _generate(model, tokenizer, e, cfg, processors)
     pool = _generate(model, tokenizer, e, cfg, processors, n=cfg.k, beams=1 if cfg.samples else cfg.k,
-                     sample=cfg.samples)
+                     sample=cfg.samples) if cfg.k else [[] for _ in greedy]
     rows = [g + [t for t in dict.fromkeys(p) if t != g[0]] for g, p in zip(greedy, pool)]
     if cfg.strategy == "rerank":
         chosen = rerank(rows, e, encoder, distance=cfg.distance, size_tolerance=cfg.size_tolerance)
         return [row[j] for row, j in zip(rows, chosen)]
-    from .refine import nearest_library, refine
+    from .refine import fits, nearest_library, refine
 
-    candidates = [[_parse(t) for t in row] for row in rows]
+    candidates = [[f for t in row if fits(f := _parse(t), encoder)] for row in rows]
     if cfg.library:
         candidates = [c + extra for c, extra in zip(candidates, nearest_library(e, encoder, cfg.library))]
-    found = refine(candidates, e, encoder, rounds=cfg.rounds, steps=cfg.steps, lr=cfg.lr, top=cfg.top,
-                   budget_s=cfg.budget_s, distance=cfg.distance, size_tolerance=cfg.size_tolerance)
-    return [row[0] if f is None else f[0].to_string() for row, f in zip(rows, found)]
+    some = [i for i, c in enumerate(candidates) if c]  # a row without any usable candidate keeps its greedy text
+    found = refine([candidates[i] for i in some], e[some], encoder, rounds=cfg.rounds, steps=cfg.steps, lr=cfg.lr,
+                   top=cfg.top, budget_s=cfg.budget_s, distance=cfg.distance, size_tolerance=cfg.size_tolerance)
+    out = [row[0] for row in rows]
+    for i, (f, _) in zip(some, found):
+        out[i] = f.to_string()
+    return out
 
 
 def _in_dialect(text: str, dialect: str) -> str:

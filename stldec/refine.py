@@ -80,21 +80,19 @@ class _Scorer:
         for (r, f), v in zip(pairs, values):
             self.seen[r].setdefault(f, v)
 
-    def choose(self, row: int, size_tolerance: float) -> tuple[Formula, float] | None:
-        """The closest formula seen for `row`, the smallest within `size_tolerance` of it; None if none."""
+    def choose(self, row: int, size_tolerance: float) -> tuple[Formula, float]:
+        """The closest formula seen for `row`, the smallest within `size_tolerance` of it."""
         seen = self.seen[row]
-        if not seen:
-            return None
         limit = min(seen.values()) + size_tolerance
         f = min((f for f, d in seen.items() if d <= limit), key=lambda f: (f.size, seen[f], str(f)))
         return f, seen[f]
 
 
 def refine(candidates: Sequence[Sequence[Formula | None]], targets: torch.Tensor, encoder: StlKernelEncoder, *,
-           rounds: int = 3, steps: int = 15, lr: float = 0.05, top: int = 4, budget_s: float | None = None,
-           distance: str = "cosine", size_tolerance: float = 0.0) -> list[tuple[Formula, float] | None]:
+           rounds: int = 3, steps: int = 10, lr: float = 0.05, top: int = 2, budget_s: float | None = None,
+           distance: str = "cosine", size_tolerance: float = 0.0) -> list[tuple[Formula, float]]:
     """Per target row i, the (formula, embedding distance) found from `candidates[i]` (None entries and formulae
-    the encoder cannot embed are skipped); None for a row without a usable candidate. See the module docstring.
+    the encoder cannot embed are skipped; a row left without any is a ValueError). See the module docstring.
 
     rounds: threshold fits + edit moves per row (0: re-ranking only); steps, lr: Adam steps and step size of each
     threshold fit; top: candidates refined per row (the closest ones); budget_s: seconds per row, None = no limit.
@@ -117,8 +115,12 @@ def refine(candidates: Sequence[Sequence[Formula | None]], targets: torch.Tensor
     deadline = None if budget_s is None else time.monotonic() + budget_s * len(targets)
     out_of_time = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
 
-    scorer = _Scorer(encoder, targets, distance)
     pairs = [(i, f) for i, row in enumerate(candidates) for f in dict.fromkeys(row) if fits(f, encoder)]
+    empty = sorted(set(range(len(targets))) - {i for i, _ in pairs})
+    if empty:
+        raise ValueError(f"no candidate the encoder can embed (valid, horizon < {encoder.n_points}, variables < "
+                         f"{encoder.n_vars}) for target rows {empty[:10]}{' ...' * (len(empty) > 10)}")
+    scorer = _Scorer(encoder, targets, distance)
     scorer.score(pairs)
     active = []  # (row, formula) pairs being refined: the `top` closest candidates of each row
     for i in range(len(targets)):
@@ -180,7 +182,7 @@ def nearest_library(targets: torch.Tensor, encoder: StlKernelEncoder, k: int, *,
 
 
 def search(targets: torch.Tensor, encoder: StlKernelEncoder, *, k: int = 8, library_size: int = 20_000,
-           seed: int = 0, **settings) -> list[tuple[Formula, float] | None]:
+           seed: int = 0, **settings) -> list[tuple[Formula, float]]:
     """The search-only baseline (no network): the `k` library formulae nearest to each target embedding, refined
     like `refine(..., **settings)`."""
     return refine(nearest_library(targets, encoder, k, library_size=library_size, seed=seed), targets, encoder,

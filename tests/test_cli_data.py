@@ -50,7 +50,8 @@ def test_embed_matches_api_in_every_format(files):
         main(embed_args(files, f"out{ext}"))
         df = read_table(str(files / f"out{ext}"))
         assert df["formula"].tolist() == PHIS and df["depth"].tolist() == [parse(p).depth for p in PHIS]
-        np.testing.assert_array_equal(np.stack([np.asarray(e, np.float32) for e in df["embedding"]]), want)
+        # the float32 GEMM of the cosines blocks differently for other batch shapes: equal up to rounding
+        np.testing.assert_allclose(np.stack([np.asarray(e, np.float32) for e in df["embedding"]]), want, rtol=1e-5)
         assert not (files / f"out{ext}.parts").exists()
 
 
@@ -97,7 +98,7 @@ def test_embed_with_saved_encoder(files):
     main(["embed", "--in", str(files / "in.csv"), "--out", str(files / "a.parquet"), "--encoder", str(files / "enc")])
     main(embed_args(files, "b.parquet"))
     a, b = read_table(str(files / "a.parquet")), read_table(str(files / "b.parquet"))
-    np.testing.assert_array_equal(np.stack(a["embedding"]), np.stack(b["embedding"]))
+    np.testing.assert_allclose(np.stack(a["embedding"]), np.stack(b["embedding"]), rtol=1e-5)  # GEMM rounding
 
 
 def test_embedded_parquet_records_its_encoder(files):
