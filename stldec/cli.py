@@ -288,13 +288,16 @@ def mixtures(args: argparse.Namespace) -> None:
 # decode and quickstart
 
 
+STRATEGIES = ["greedy", "beam", "sample", "rerank", "refine"]  # decoding.STRATEGIES (not imported: --help stays fast)
+
+
 def _decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="trained model folder (config.json + model.safetensors)")
     p.add_argument("--input", required=True, help="embeddings (.safetensors/.npy) or a formula table "
                    "(.csv/.jsonl/.parquet with `formula` [and `embedding`]: formulae are embedded, a round trip)")
     p.add_argument("--output", required=True, help="table of decoded formulae (.csv/.jsonl/.parquet)")
     p.add_argument("--encoder", help="saved kernel encoder (default: the model's encoder/ folder)")
-    p.add_argument("--strategy", default="greedy", choices=["greedy", "beam", "sample", "rerank"])
+    p.add_argument("--strategy", default="greedy", choices=STRATEGIES)
     p.add_argument("--num_beams", type=int, default=4)
     p.add_argument("--k", type=int, default=8, help="re-ranking candidates")
     p.add_argument("--pool", default="beam", choices=["beam", "sample"], help="where re-ranking candidates come from")
@@ -307,6 +310,13 @@ def _decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_new_tokens", type=int)
     p.add_argument("--distance", default="cosine", choices=["cosine", "l2"])
     p.add_argument("--size_tolerance", type=float, default=0.0, help="re-ranking: prefer smaller formulae this close")
+    p.add_argument("--budget_s", type=float, help="refine: seconds of search per formula (default: no limit)")
+    p.add_argument("--rounds", type=int, default=3, help="refine: rounds of threshold fit + edit moves")
+    p.add_argument("--steps", type=int, default=10, help="refine: gradient steps per threshold fit")
+    p.add_argument("--lr", type=float, default=0.05, help="refine: step size of the threshold fit")
+    p.add_argument("--top", type=int, default=2, help="refine: candidates refined per formula")
+    p.add_argument("--library", type=int, default=0, help="refine: generated formulae nearest to the target added "
+                   "to the candidates")
     p.add_argument("--nbest", type=int, default=0, help="also write the n best candidates per row (column nbest)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--dialect", default="reference", choices=["reference", "textbook"])
@@ -334,7 +344,8 @@ def decode(args: argparse.Namespace) -> None:
         embeddings, gold = read_inputs(args.input, encoder)
         settings = {k: getattr(args, k) for k in ("strategy", "num_beams", "k", "pool", "temperature", "top_p",
                                                   "seed", "constrained", "max_new_tokens", "distance",
-                                                  "size_tolerance", "batch_size", "dialect")}
+                                                  "size_tolerance", "batch_size", "dialect", "budget_s", "rounds",
+                                                  "steps", "lr", "top", "library")}
         settings["n_vars"] = args.n_vars if args.n_vars is not None else (encoder.n_vars if encoder else 3)
         settings["max_horizon"] = args.max_horizon if args.max_horizon is not None else (
             encoder.n_points - 1 if encoder else None)
@@ -376,13 +387,14 @@ def quickstart(args: argparse.Namespace) -> None:
 
 _DECODING_FLAGS = {"num_beams": int, "k": int, "pool": str, "temperature": float, "top_p": float, "seed": int,
                    "n_vars": int, "max_horizon": int, "max_new_tokens": int, "distance": str,
-                   "size_tolerance": float, "batch_size": int}
+                   "size_tolerance": float, "batch_size": int, "budget_s": float, "rounds": int, "steps": int,
+                   "lr": float, "top": int, "library": int}
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="trained model or checkpoint folder")
     p.add_argument("--test", required=True, help="test table (.csv/.jsonl/.parquet: formula[,depth][,embedding])")
-    p.add_argument("--strategy", default="greedy", choices=["greedy", "beam", "sample", "rerank"])
+    p.add_argument("--strategy", default="greedy", choices=STRATEGIES)
     p.add_argument("--constrained", action="store_true", help="grammar-constrained decoding")
     for name, kind in _DECODING_FLAGS.items():
         p.add_argument(f"--{name}", type=kind, help="decoding setting (default: DecodingConfig's; see stldec decode)")

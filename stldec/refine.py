@@ -37,6 +37,7 @@ from .stl.formula import Formula
 from .stl.params import Template, fit_thresholds, neighbours
 
 DISTANCES = ("cosine", "l2")
+LIBRARY_SIZE = 20_000  # formulae in the search library (half `balanced`, half `random`)
 
 
 def embedding_distance(embeddings: torch.Tensor, targets: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
@@ -164,13 +165,15 @@ def _library(fingerprint: str, encoder: StlKernelEncoder, n: int, seed: int) -> 
     return formulae, encoder.encode(formulae)
 
 
-def formula_library(encoder: StlKernelEncoder, n: int = 20_000, seed: int = 0) -> tuple[list[Formula], torch.Tensor]:
-    """n generated formulae (half `balanced`, half `random` presets, seeded) and their embeddings (n, D), made once
-    per (encoder, n, seed) in a process: the candidates of the search-only baseline."""
-    return _library(encoder.fingerprint, encoder, n, seed)
+def formula_library(encoder: StlKernelEncoder, n: int | None = None, seed: int = 0
+                    ) -> tuple[list[Formula], torch.Tensor]:
+    """n (default `LIBRARY_SIZE`) generated formulae (half `balanced`, half `random` presets, seeded) and their
+    embeddings (n, D), made once per (encoder, n, seed) in a process: the candidates of `search` and of
+    `decode(strategy="refine", library=k)`."""
+    return _library(encoder.fingerprint, encoder, n or LIBRARY_SIZE, seed)
 
 
-def nearest_library(targets: torch.Tensor, encoder: StlKernelEncoder, k: int, *, library_size: int = 20_000,
+def nearest_library(targets: torch.Tensor, encoder: StlKernelEncoder, k: int, *, library_size: int | None = None,
                     seed: int = 0) -> list[list[Formula]]:
     """Per target row, the `k` library formulae whose embeddings are nearest to it (by cosine)."""
     if k < 1:
@@ -181,7 +184,7 @@ def nearest_library(targets: torch.Tensor, encoder: StlKernelEncoder, k: int, *,
     return [[formulae[j] for j in row] for row in sim.topk(min(k, len(formulae)), dim=1).indices.tolist()]
 
 
-def search(targets: torch.Tensor, encoder: StlKernelEncoder, *, k: int = 8, library_size: int = 20_000,
+def search(targets: torch.Tensor, encoder: StlKernelEncoder, *, k: int = 8, library_size: int | None = None,
            seed: int = 0, **settings) -> list[tuple[Formula, float]]:
     """The search-only baseline (no network): the `k` library formulae nearest to each target embedding, refined
     like `refine(..., **settings)`."""

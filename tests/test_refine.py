@@ -153,3 +153,29 @@ def test_decode_refine_is_never_farther_than_rerank(encoder):
         decode(model, tok, targets, strategy="refine")
     with pytest.raises(ValueError, match="budget_s must be > 0"):
         decode(model, tok, targets, strategy="refine", encoder=encoder, budget_s=0)
+
+
+def test_cli_decode_and_evaluate_refine(encoder, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from stldec import cli, decoding, refine
+
+    monkeypatch.setattr(refine, "LIBRARY_SIZE", 300)
+    assert cli.STRATEGIES == list(decoding.STRATEGIES)
+    torch.manual_seed(0)
+    model = StlDecForCausalLM(StlDecConfig.from_preset("tiny", embedding_dim=64, max_position_embeddings=48))
+    model.save_pretrained(tmp_path / "m")
+    StlTokenizer().save_pretrained(tmp_path / "m")
+    encoder.save_pretrained(tmp_path / "m" / "encoder")
+    gold = [str(f) for f in FormulaGenerator("balanced", seed=14, n_points=T).sample(3)]
+    pd.DataFrame({"formula": gold}).to_csv(tmp_path / "in.csv", index=False)
+    cli.main(["decode", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.csv"), "--output",
+              str(tmp_path / "out.csv"), "--strategy", "refine", "--constrained", "--k", "2", "--rounds", "1",
+              "--library", "4", "--budget_s", "5"])
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert out["formula"].tolist() == gold and all(parse(t).time_horizon < T for t in out["decoded"])
+    args = ["evaluate", "--model", str(tmp_path / "m"), "--test", str(tmp_path / "in.csv"), "--strategy", "refine",
+            "--constrained", "--k", "0", "--rounds", "1"]
+    with pytest.raises(SystemExit, match="metric_seed"):  # the encoder's seed 3 is the metrics' seed here
+        cli.main(args + ["--metric_seed", "3"])
+    cli.main(args)
