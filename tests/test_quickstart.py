@@ -26,8 +26,9 @@ def quickstart(tmp_path_factory):
 def test_quickstart_trains_decodes_and_scores(quickstart):
     out, stdout = quickstart
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"greedy", "constrained", "rerank k=4"}
-    assert metrics["constrained"]["validity"] == metrics["rerank k=4"]["validity"] == 1.0
+    assert set(metrics) == {"greedy", "constrained", "rerank k=4", "refine"}
+    assert metrics["constrained"]["validity"] == metrics["rerank k=4"]["validity"] == metrics["refine"]["validity"] == 1
+    assert metrics["refine"]["embedding_cosine"] >= metrics["rerank k=4"]["embedding_cosine"] - 1e-6
     assert all(0 <= m["cos_rho_mean"] <= 1 for m in metrics.values())
     decoded = pd.read_csv(out / "decoded.csv", keep_default_na=False)
     assert len(decoded) == SETTINGS["n_test"][1]
