@@ -315,7 +315,7 @@ def _decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=10, help="refine: gradient steps per threshold fit")
     p.add_argument("--lr", type=float, default=0.05, help="refine: step size of the threshold fit")
     p.add_argument("--top", type=int, default=2, help="refine: candidates refined per formula")
-    p.add_argument("--library", type=int, default=0, help="refine: generated formulae nearest to the target added "
+    p.add_argument("--library", type=int, default=8, help="refine: generated formulae nearest to the target added "
                    "to the candidates")
     p.add_argument("--nbest", type=int, default=0, help="also write the n best candidates per row (column nbest)")
     p.add_argument("--batch_size", type=int, default=64)

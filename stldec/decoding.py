@@ -47,9 +47,9 @@ class DecodingConfig:
         `pool` = beam or sample, plus the greedy output, re-embedded by the kernel encoder; the closest to the
         target by `distance` = cosine | l2 wins; a smaller formula within `size_tolerance` of the best distance is
         preferred, never one farther than the greedy output) | refine (the rerank candidates, plus the `library`
-        generated formulae nearest to the target, refined by `stldec.refine.refine` for `rounds` rounds of a
-        threshold fit (`steps` Adam steps of size `lr`) and edit moves on the `top` closest candidates, within
-        `budget_s` seconds per formula (None: no limit; set it and the result depends on the machine's speed)).
+        (default 8; 0: the network's candidates only) generated formulae nearest to the target, refined by
+        `stldec.refine.refine` for `rounds` rounds of a threshold fit (`steps` Adam steps of size `lr`) and edit
+        moves on the `top` closest candidates, within `budget_s` seconds per formula (None: no limit; set it and the result depends on the machine's speed)).
     constrained: grammar-constrained decoding (valid formulae with variables < `n_vars` and time horizon <=
         `max_horizon`, None: unbounded). max_new_tokens: None = the model's max_position_embeddings - 1.
     dialect: the dialect of the returned text (the model always writes the reference dialect).
@@ -75,7 +75,7 @@ class DecodingConfig:
     lr: float = 0.05
     top: int = 2
     budget_s: float | None = None
-    library: int = 0
+    library: int = 8
 
     def __post_init__(self):
         choices = {"strategy": STRATEGIES, "pool": ("beam", "sample"), "distance": ("cosine", "l2"),

@@ -146,7 +146,7 @@ def test_decode_refine_is_never_farther_than_rerank(encoder):
     targets = encoder.encode(FormulaGenerator("balanced", seed=13, n_points=T).sample(4))
     common = dict(encoder=encoder, constrained=True, n_vars=3, max_horizon=T - 1, k=3, batch_size=2)
     reranked = decode(model, tok, targets, strategy="rerank", **common)
-    refined = decode(model, tok, targets, strategy="refine", rounds=1, steps=5, **common)
+    refined = decode(model, tok, targets, strategy="refine", rounds=1, steps=5, library=0, **common)
     assert all(parse(t).to_string() == t for t in refined)
     assert (distance(encoder, refined, targets) <= distance(encoder, reranked, targets) + 1e-6).all()
     with pytest.raises(ValueError, match="pass the kernel encoder"):
