@@ -49,7 +49,8 @@ class DecodingConfig:
         preferred, never one farther than the greedy output) | refine (the rerank candidates, plus the `library`
         (default 8; 0: the network's candidates only) generated formulae nearest to the target, refined by
         `stldec.refine.refine` for `rounds` rounds of a threshold fit (`steps` Adam steps of size `lr`) and edit
-        moves on the `top` closest candidates, within `budget_s` seconds per formula (None: no limit; set it and the result depends on the machine's speed)).
+        moves on the `top` closest candidates, within `budget_s` seconds per formula (None: no limit; set it and
+        the result depends on the machine's speed)).
     constrained: grammar-constrained decoding (valid formulae with variables < `n_vars` and time horizon <=
         `max_horizon`, None: unbounded). max_new_tokens: None = the model's max_position_embeddings - 1.
     dialect: the dialect of the returned text (the model always writes the reference dialect).
