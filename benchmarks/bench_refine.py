@@ -7,7 +7,8 @@ search-only baseline (no network) and refine with library candidates, side by si
 
 Strategies (all constrained, batches of 32): greedy; rerank (8 beams + greedy); refine:B (those candidates refined
 within B s of search per formula); hybrid:B (the greedy output + the 8 library formulae nearest to the target,
-refined); search:B (`stldec.refine.search`: the 8 nearest library formulae, no network, refined). The search
+refined); search:B (`stldec.refine.search`: the 8 nearest library formulae, no network, refined); nearest (the
+closest of those, unrefined). The search
 sees the target embeddings and the model's encoder only; metrics use 1000 base-measure trajectories of seed 0
 (the model's encoder must use another seed: checked). Writes <out>/results.json (every metric, overall and by
 depth) and prints one Markdown table per test file, plus the overlap of the search library with the test sets
@@ -45,9 +46,9 @@ def run_strategy(name: str, model, tok, encoder, e: torch.Tensor) -> list[str]:
     if kind in ("refine", "hybrid"):
         k, library = (8, 0) if kind == "refine" else (0, 8)
         return decode(model, tok, e, strategy="refine", k=k, library=library, **search_settings, **common)
-    if kind == "search":
-        return [f.to_string() for i in range(0, len(e), 32)
-                for f, _ in search(e[i : i + 32], encoder, k=8, **search_settings)]
+    if kind in ("search", "nearest"):  # nearest: the closest of the 8 nearest library formulae, no refinement
+        settings = search_settings if kind == "search" else dict(rounds=0)
+        return [f.to_string() for i in range(0, len(e), 32) for f, _ in search(e[i : i + 32], encoder, k=8, **settings)]
     raise ValueError(f"unknown strategy {name!r}")
 
 

@@ -7,7 +7,8 @@ Steps, each resumable (rerun the same command after an interruption):
 1. a kernel encoder on the published 1024 anchors with `--n_trajectories` base-measure trajectories (seed
    `--encoder_seed`, 1: never the metrics' seed 0, so decode-time search cannot see the trajectories it is scored
    on), saved with its anchor robustness to <out>/encoder;
-2. `--n_train` formulae of the generator preset `--preset` embedded into <out>/data (`stldec data build`);
+2. `--n_train` formulae of the generator preset `--preset` embedded into <out>/data (`stldec data build`); none
+   may be a formula of the published test sets (`--overlap_with`; the overlap is reported, and must be 0);
 3. training of the `small` decoder (examples/configs/small.yaml sizes) into <out>/run;
 4. greedy decoding of the 500 test formulae (embedded by the same encoder) scored with `stldec.evaluation`
    (1000 trajectories, seed 0): <out>/quality.json, overall and by depth.
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stldec.data import build_dataset
-from stldec.stl import StlKernelEncoder
+from stldec.data import build_dataset, load_formulae
+from stldec.stl import StlKernelEncoder, parse
 from stldec.trainers import Experiment, train
 from stldec.trainers.mixtures import evaluate_model
 
@@ -38,6 +39,9 @@ def main():
     p.add_argument("--max_steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--overlap_with", nargs="*", default=["../shared/data/balanced_test_3000.csv",
+                                                         "../shared/data/depth8_ood_500.csv"],
+                   help="test sets the training set must not share a formula with (checked, reported)")
     a = p.parse_args()
     out, t0 = Path(a.out), time.time()
 
@@ -47,7 +51,11 @@ def main():
     encoder = StlKernelEncoder.from_pretrained(out / "encoder")
     print(f"[{time.time() - t0:.0f}s] encoder {encoder.fingerprint}", flush=True)
     build_dataset(out / "data", a.n_train, encoder, preset=a.preset, shard_size=1000)
-    print(f"[{time.time() - t0:.0f}s] data built", flush=True)
+    train_set = {parse(s) for s in load_formulae(out / "data")["formula"]}
+    overlap = {t: len(train_set & {parse(s) for s in pd.read_csv(t)["formula"]}) for t in a.overlap_with}
+    print(f"[{time.time() - t0:.0f}s] data built; formulae shared with the test sets: {overlap}", flush=True)
+    if any(overlap.values()):
+        raise SystemExit("the training set holds formulae of a published test set: change --seed or the preset")
 
     experiment = Experiment.from_dict({
         "model": {"head": "decoder", "preset": "small"},
@@ -68,7 +76,7 @@ def main():
             "skeleton_match")
     summary = {"overall": {k: result["overall"][k] for k in keys},
                "by_depth": {d: {k: m[k] for k in keys} for d, m in result["by_depth"].items()},
-               "settings": vars(a), "minutes": (time.time() - t0) / 60}
+               "settings": vars(a), "test_overlap": overlap, "minutes": (time.time() - t0) / 60}
     (out / "quality.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
