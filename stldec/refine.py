@@ -6,7 +6,7 @@ function, so the numbers (and small edits) are found by search against the targe
     chosen = refine(candidates, targets, encoder, rounds=3)      # candidates[i]: formulae for target row i
 
 For every target row, the candidates are scored by their embedding distance to the target; the best `top` of them
-are refined in `rounds`, each round
+are refined in `rounds` (a candidate that reaches a local optimum hands over to the row's next one), each round
 1. fitting their thresholds by gradient descent on the embedding distance (`stl.params.fit_thresholds`: robustness
    is piecewise linear in the thresholds, the kernel smooth in the robustness; anchors' robustness is cached), the
    result rounded to the printed 4 decimals; then
@@ -123,10 +123,11 @@ def refine(candidates: Sequence[Sequence[Formula | None]], targets: torch.Tensor
                          f"{encoder.n_vars}) for target rows {empty[:10]}{' ...' * (len(empty) > 10)}")
     scorer = _Scorer(encoder, targets, distance)
     scorer.score(pairs)
-    active = []  # (row, formula) pairs being refined: the `top` closest candidates of each row
+    queue = []  # per row, its candidates closest first: the next one starts when a refined one is at an optimum
     for i in range(len(targets)):
         ranked = sorted(scorer.seen[i].items(), key=lambda kv: (kv[1], kv[0].size, str(kv[0])))
-        active += [(i, f) for f, _ in ranked[:top]]
+        queue.append([(i, f) for f, _ in reversed(ranked)])
+    active = [queue[i].pop() for i in range(len(targets)) for _ in range(min(top, len(queue[i])))]
     for _ in range(rounds):
         if not active or out_of_time():
             break
@@ -136,21 +137,22 @@ def refine(candidates: Sequence[Sequence[Formula | None]], targets: torch.Tensor
                                    steps=steps, lr=lr, convention=encoder.convention)
         rounded = [(r, Template(f).build([round(c, 4) for c in Template(f).thresholds])) for r, f in zip(rows, fitted)]
         values = scorer.score(rounded)
-        fitted_active = [new if v < b else old for new, v, old, b in zip(rounded, values, active, before)]
-        changed, active = fitted_active != active, fitted_active
+        improved = [v < b for v, b in zip(values, before)]
+        active = [new if better else old for new, better, old in zip(rounded, improved, active)]
         if out_of_time():
             break
         moves = [[(r, g) for g in neighbours(f, n_vars=encoder.n_vars, n_points=encoder.n_points)] for r, f in active]
         values = iter(scorer.score([p for ms in moves for p in ms]))
         moved = []
-        for (r, f), ms in zip(active, moves):
+        for (r, f), ms, better in zip(active, moves, improved):
             d, best = scorer.seen[r][f], (r, f)
             for p, v in zip(ms, values):
                 if v < d - 1e-7 or (v <= d + size_tolerance and p[1].size < best[1].size and d <= v + 1e-7):
                     d, best = v, p
-            moved.append(best)
-        if not changed and moved == active:
-            break  # a local optimum for every candidate: more rounds would repeat this one
+            if best != (r, f) or better:
+                moved.append(best)
+            elif queue[r]:  # a local optimum: refine the row's next candidate instead
+                moved.append(queue[r].pop())
         active = list(dict.fromkeys(moved))
     return [scorer.choose(i, size_tolerance) for i in range(len(targets))]
 
