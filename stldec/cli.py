@@ -11,7 +11,9 @@
     stldec registry ...    list a registry of evaluation runs, or merge registries (conflicts reported)
     stldec hub ...         write a trained model's Hugging Face Hub folder (code, encoder, model card) or upload it
 
-Each sub-command registers itself with `_command` below; `main()` dispatches.
+Each sub-command registers itself with `_command` below; `main()` dispatches and turns user errors (ValueError,
+FileNotFoundError, ...) into one line `stldec <command>: error: <message>` with exit status 2 (`stldec --debug
+<command> ...` shows the traceback instead). Argument types check paths, devices and counts before any work.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def _command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
@@ -37,6 +40,58 @@ def _command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# argument types: a bad value fails while the arguments are parsed, before any work
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _folder(path: str) -> str:
+    """An output folder: existing, or one that can be made (not an existing file)."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    return path
+
+
+def _model_folder(path: str) -> str:
+    """A saved model folder (checked here: `from_pretrained` would take a missing folder for a Hub repo id)."""
+    if not Path(path).is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a model folder" if Path(path).exists()
+                                         else f"model folder {path} not found")
+    if not Path(path, "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{path} holds no config.json: not a saved model or checkpoint folder")
+    return path
+
+
+def _registry_file(path: str) -> str:
+    """An SQLite registry file, or a path where one can be made."""
+    p = Path(path)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder, not an SQLite registry file")
+    if p.is_file() and p.stat().st_size and p.open("rb").read(16) != b"SQLite format 3\0":
+        raise argparse.ArgumentTypeError(f"{path} is not an SQLite database (a registry file)")
+    return path
+
+
+def _device(name: str) -> str:
+    """A torch device that exists on this machine (`--device cuda` without a GPU fails here, not mid-run)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= n_gpus:
+        raise argparse.ArgumentTypeError(f"{name}: this machine has {n_gpus} CUDA GPUs (cuda:0 to cuda:{n_gpus - 1})"
+                                         if n_gpus else f"{name}: no CUDA GPU on this machine; use cpu")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # formula tables (CSV / Parquet / JSONL by extension) and the generate / embed commands
 
 TABLE_FORMATS = (".csv", ".parquet", ".jsonl")
@@ -45,18 +100,22 @@ TABLE_FORMATS = (".csv", ".parquet", ".jsonl")
 def _table_format(path: str) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in TABLE_FORMATS:
-        raise SystemExit(f"stldec: {path}: unknown table format {suffix!r}; use one of {', '.join(TABLE_FORMATS)}")
+        raise ValueError(f"{path}: unknown table format {suffix!r}; use one of {', '.join(TABLE_FORMATS)}")
     return suffix
 
 
 def read_table(path: str):
-    """A formula table as a pandas DataFrame; a CSV/JSONL `embedding` column comes back as lists of floats."""
+    """A formula table as a pandas DataFrame; a CSV/JSONL `embedding` column comes back as lists of floats. An empty
+    or unreadable file fails with a one-line ValueError (see `data.read_checked`)."""
     import pandas as pd
+
+    from .data import read_checked
 
     fmt = _table_format(path)
     if fmt == ".parquet":
-        return pd.read_parquet(path)
-    df = pd.read_csv(path, keep_default_na=False) if fmt == ".csv" else pd.read_json(path, lines=True, dtype=False)
+        return read_checked(path, lambda: pd.read_parquet(path))
+    df = read_checked(path, lambda: pd.read_csv(path, keep_default_na=False) if fmt == ".csv"
+                      else pd.read_json(path, lines=True, dtype=False))
     if fmt == ".csv" and "embedding" in df:
         df["embedding"] = [json.loads(e) for e in df["embedding"]]
     return df
@@ -90,10 +149,11 @@ def write_table(df, path: str, *, encoder: str | None = None) -> None:
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="balanced", help="generator preset (random, balanced, easy, hard)")
-    p.add_argument("--n", type=int, default=1000, help="number of formulae")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n_vars", type=int, default=3)
-    p.add_argument("--n_points", type=int, default=100, help="trajectory length; horizons stay <= n_points - 1")
+    p.add_argument("--n", type=_positive_int, default=1000, help="number of formulae")
+    p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--n_vars", type=_positive_int, default=3, help="variables x_0..x_{n-1}")
+    p.add_argument("--n_points", type=_positive_int, default=100,
+                   help="trajectory length; horizons stay <= n_points - 1")
     p.add_argument("--out", required=True, help="output file: .csv, .parquet or .jsonl")
 
 
@@ -125,8 +185,8 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--anchors", help="anchor file, one formula per line (default: the package's own set)")
     for name, kind in _ENCODER_OPTIONS.items():
         p.add_argument(f"--{name}", type=kind, help="encoder parameter (default: the StlKernelEncoder default)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--chunk", type=int, default=1000, help="formulae per resumable part")
+    p.add_argument("--device", type=_device, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--chunk", type=_positive_int, default=1000, help="formulae per resumable part")
     p.add_argument("--max_chunks", type=int, help="stop after computing this many parts (rerun to resume)")
 
 
@@ -147,18 +207,18 @@ def embed(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
+    from .data import check_formulae
     from .stl import StlKernelEncoder
 
     _table_format(args.out)
-    if args.chunk < 1:
-        raise SystemExit("stldec embed: --chunk must be >= 1")
     df = read_table(args.input)
     if "formula" not in df:
-        raise SystemExit(f"stldec embed: {args.input} has no `formula` column (columns: {list(df.columns)})")
+        raise ValueError(f"{args.input} has no `formula` column (columns: {list(df.columns)})")
+    check_formulae(df["formula"], args.input)
     formulae = [str(s) for s in df["formula"]]
     options = {k: getattr(args, k) for k in _ENCODER_OPTIONS if getattr(args, k) is not None}
     if args.encoder and options:
-        raise SystemExit(f"stldec embed: --encoder fixes the encoder; drop {', '.join('--' + k for k in options)}")
+        raise ValueError(f"--encoder fixes the encoder; drop {', '.join('--' + k for k in options)}")
     if args.encoder:
         encoder = StlKernelEncoder.from_pretrained(args.encoder, device=args.device)
     else:
@@ -169,11 +229,11 @@ def embed(args: argparse.Namespace) -> None:
                 "chunk": args.chunk, "encoder": encoder.fingerprint}
     if (parts / "manifest.json").is_file():
         if json.loads((parts / "manifest.json").read_text()) != manifest:
-            raise SystemExit(f"stldec embed: {parts} holds parts of another input, chunk size or encoder; "
+            raise ValueError(f"{parts} holds parts of another input, chunk size or encoder; "
                              "delete it or use the same arguments")
     else:
         if parts.exists() and (not parts.is_dir() or any(parts.iterdir())):
-            raise SystemExit(f"stldec embed: {parts} exists and was not made by stldec embed (no manifest.json); "
+            raise ValueError(f"{parts} exists and was not made by stldec embed (no manifest.json); "
                              "move it or choose another --out")
         parts.mkdir(parents=True, exist_ok=True)
         (parts / "manifest.json.tmp").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -211,21 +271,24 @@ def embed(args: argparse.Namespace) -> None:
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", required=True)
-    b = sub.add_parser("build", help="generate and embed formulae into Parquet shards (resumable)")
+    b = sub.add_parser("build", help="generate and embed formulae into Parquet shards (resumable)",
+                       formatter_class=p.formatter_class)
     b.add_argument("--preset", default="balanced", help="generator preset (random, balanced, easy, hard)")
-    b.add_argument("--n", type=int, required=True, help="number of formulae")
+    b.add_argument("--n", type=_positive_int, required=True, help="number of formulae")
     b.add_argument("--encoder", required=True, help="a saved StlKernelEncoder folder")
-    b.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--shard_size", type=int, default=2048, help="formulae per shard")
-    b.add_argument("--device", help="cpu, cuda, ... for the encoder (default: cuda when available)")
-    e = sub.add_parser("encoder", help="make a kernel encoder and save it (with its anchor robustness) to a folder")
+    b.add_argument("--out", type=_folder, required=True, help="output folder (rerun the same command to resume)")
+    b.add_argument("--seed", type=int, default=0, help="generator seed")
+    b.add_argument("--shard_size", type=_positive_int, default=2048, help="formulae per shard")
+    b.add_argument("--device", type=_device, help="cpu, cuda, ... for the encoder (default: cuda when available)")
+    e = sub.add_parser("encoder", help="make a kernel encoder and save it (with its anchor robustness) to a folder",
+                       formatter_class=p.formatter_class)
     e.add_argument("--anchors", help="anchor file, one formula per line (default: the package's own set)")
-    e.add_argument("--n_trajectories", type=int, default=100_000)
-    e.add_argument("--n_points", type=int, default=100)
-    e.add_argument("--n_vars", type=int, default=3)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", required=True, help="folder for encoder_config.json, anchors.txt, anchor robustness")
+    e.add_argument("--n_trajectories", type=_positive_int, default=100_000, help="base-measure trajectories")
+    e.add_argument("--n_points", type=_positive_int, default=100, help="trajectory length")
+    e.add_argument("--n_vars", type=_positive_int, default=3, help="variables x_0..x_{n-1}")
+    e.add_argument("--seed", type=int, default=0, help="seed of the trajectories")
+    e.add_argument("--out", type=_folder, required=True,
+                   help="folder for encoder_config.json, anchors.txt, anchor robustness")
 
 
 @_command("data", _data_arguments)
@@ -240,11 +303,8 @@ def data(args: argparse.Namespace) -> None:
         encoder.save_pretrained(args.out, save_robustness=True)
         print(f"saved {encoder.fingerprint} to {args.out}")
         return
-    try:
-        encoder = StlKernelEncoder.from_pretrained(args.encoder, device=args.device)
-        out = build_dataset(args.out, args.n, encoder, preset=args.preset, seed=args.seed, shard_size=args.shard_size)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"stldec data build: {e}") from None
+    encoder = StlKernelEncoder.from_pretrained(args.encoder, device=args.device)
+    out = build_dataset(args.out, args.n, encoder, preset=args.preset, seed=args.seed, shard_size=args.shard_size)
     print(f"{len(load_formulae(out))} formulae in {out} ({encoder.fingerprint})")
 
 
@@ -261,16 +321,14 @@ def train(args: argparse.Namespace) -> None:
     from .trainers import experiment_from_args
     from .trainers import train as run
 
-    try:
-        experiment, output_dir = experiment_from_args(args, args._extra)
-        run(experiment, output_dir)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"stldec train: {e}") from None
+    experiment, output_dir = experiment_from_args(args, args._extra)
+    run(experiment, output_dir)
 
 
 def _mixtures_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="mixtures file (base experiment, mixtures, validation, test)")
-    p.add_argument("--output_dir", required=True, help="one run folder per mixture + the comparison files")
+    p.add_argument("--output_dir", type=_folder, required=True,
+                   help="one run folder per mixture + the comparison files")
     p.add_argument("--validation", help="validation file shared by all mixtures (overrides the file's)")
     p.add_argument("--test", nargs="+", help="test file(s) shared by all mixtures (overrides the file's)")
     p.add_argument("--max_steps", type=int, help="steps per mixture (overrides the file's)")
@@ -292,23 +350,25 @@ STRATEGIES = ["greedy", "beam", "sample", "rerank", "refine"]  # decoding.STRATE
 
 
 def _decode_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="trained model folder (config.json + model.safetensors)")
+    p.add_argument("--model", type=_model_folder, required=True,
+                   help="trained model folder (config.json + model.safetensors)")
     p.add_argument("--input", required=True, help="embeddings (.safetensors/.npy) or a formula table "
                    "(.csv/.jsonl/.parquet with `formula` [and `embedding`]: formulae are embedded, a round trip)")
     p.add_argument("--output", required=True, help="table of decoded formulae (.csv/.jsonl/.parquet)")
     p.add_argument("--encoder", help="saved kernel encoder (default: the model's encoder/ folder)")
-    p.add_argument("--strategy", default="greedy", choices=STRATEGIES)
-    p.add_argument("--num_beams", type=int, default=4)
+    p.add_argument("--strategy", default="greedy", choices=STRATEGIES,
+                   help="decoding strategy")
+    p.add_argument("--num_beams", type=int, default=4, help="beam width")
     p.add_argument("--k", type=int, default=8, help="re-ranking candidates")
     p.add_argument("--pool", default="beam", choices=["beam", "sample"], help="where re-ranking candidates come from")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top_p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top_p", type=float, default=1.0, help="sampling: nucleus probability mass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--constrained", action="store_true", help="grammar-constrained decoding (100%% valid)")
     p.add_argument("--n_vars", type=int, help="constrained: variables x_0..x_{n-1} (default: the encoder's)")
     p.add_argument("--max_horizon", type=int, help="constrained: max time horizon (default: encoder n_points - 1)")
-    p.add_argument("--max_new_tokens", type=int)
-    p.add_argument("--distance", default="cosine", choices=["cosine", "l2"])
+    p.add_argument("--max_new_tokens", type=int, help="tokens per formula (default: the model's maximum)")
+    p.add_argument("--distance", default="cosine", choices=["cosine", "l2"], help="re-ranking: embedding distance")
     p.add_argument("--size_tolerance", type=float, default=0.0, help="re-ranking: prefer smaller formulae this close")
     p.add_argument("--budget_s", type=float, help="refine: seconds of search per formula (default: no limit)")
     p.add_argument("--rounds", type=int, default=3, help="refine: rounds of threshold fit + edit moves")
@@ -318,9 +378,10 @@ def _decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--library", type=int, default=8, help="refine: generated formulae nearest to the target added "
                    "to the candidates")
     p.add_argument("--nbest", type=int, default=0, help="also write the n best candidates per row (column nbest)")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--dialect", default="reference", choices=["reference", "textbook"])
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--batch_size", type=int, default=64, help="embeddings per generate() call")
+    p.add_argument("--dialect", default="reference", choices=["reference", "textbook"],
+                   help="dialect of the written formulae")
+    p.add_argument("--device", type=_device, help="cpu, cuda, ... (default: cuda when available)")
 
 
 @_command("decode", _decode_arguments)
@@ -334,29 +395,26 @@ def decode(args: argparse.Namespace) -> None:
     from .tokenization import StlTokenizer
 
     _table_format(args.output)
-    try:
-        model = load_model(args.model)
-        tokenizer = StlTokenizer.from_pretrained(args.model) if Path(args.model, "vocab.json").is_file() \
-            else StlTokenizer()
-        encoder = StlKernelEncoder.from_pretrained(args.encoder) if args.encoder else load_model_encoder(args.model)
-        if encoder is not None:
-            check_encoder(model, encoder)
-        embeddings, gold = read_inputs(args.input, encoder)
-        settings = {k: getattr(args, k) for k in ("strategy", "num_beams", "k", "pool", "temperature", "top_p",
-                                                  "seed", "constrained", "max_new_tokens", "distance",
-                                                  "size_tolerance", "batch_size", "dialect", "budget_s", "rounds",
-                                                  "steps", "lr", "top", "library")}
-        settings["n_vars"] = args.n_vars if args.n_vars is not None else (encoder.n_vars if encoder else 3)
-        settings["max_horizon"] = args.max_horizon if args.max_horizon is not None else (
-            encoder.n_points - 1 if encoder else None)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(device)
-        parts = f"{args.output}.parts.jsonl"
-        texts = decode(model, tokenizer, embeddings, encoder=encoder, parts_path=parts, **settings)
-        nbest = decode(model, tokenizer, embeddings, encoder=encoder, n=args.nbest,
-                       parts_path=f"{args.output}.nbest.parts.jsonl", **settings) if args.nbest else None
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"stldec decode: {e}") from None
+    model = load_model(args.model)
+    tokenizer = StlTokenizer.from_pretrained(args.model) if Path(args.model, "vocab.json").is_file() \
+        else StlTokenizer()
+    encoder = StlKernelEncoder.from_pretrained(args.encoder) if args.encoder else load_model_encoder(args.model)
+    if encoder is not None:
+        check_encoder(model, encoder)
+    embeddings, gold = read_inputs(args.input, encoder)
+    settings = {k: getattr(args, k) for k in ("strategy", "num_beams", "k", "pool", "temperature", "top_p",
+                                              "seed", "constrained", "max_new_tokens", "distance",
+                                              "size_tolerance", "batch_size", "dialect", "budget_s", "rounds",
+                                              "steps", "lr", "top", "library")}
+    settings["n_vars"] = args.n_vars if args.n_vars is not None else (encoder.n_vars if encoder else 3)
+    settings["max_horizon"] = args.max_horizon if args.max_horizon is not None else (
+        encoder.n_points - 1 if encoder else None)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    parts = f"{args.output}.parts.jsonl"
+    texts = decode(model, tokenizer, embeddings, encoder=encoder, parts_path=parts, **settings)
+    nbest = decode(model, tokenizer, embeddings, encoder=encoder, n=args.nbest,
+                   parts_path=f"{args.output}.nbest.parts.jsonl", **settings) if args.nbest else None
     df = pd.DataFrame({"formula": gold} if gold is not None else {})
     df["decoded"] = texts
     if nbest is not None:
@@ -369,7 +427,8 @@ def decode(args: argparse.Namespace) -> None:
 
 
 def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output_dir", default="outputs/quickstart", help="where the encoder, data, model and results go")
+    p.add_argument("--output_dir", type=_folder, default="outputs/quickstart",
+                   help="where the encoder, data, model and results go")
     p.add_argument("--tiny", action="store_true", help="a smaller, faster setting (CI: about a minute)")
     p.add_argument("--max_steps", type=int, help="training steps (default: 1000, --tiny: 30)")
 
@@ -392,22 +451,25 @@ _DECODING_FLAGS = {"num_beams": int, "k": int, "pool": str, "temperature": float
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="trained model or checkpoint folder")
+    p.add_argument("--model", type=_model_folder, required=True, help="trained model or checkpoint folder")
     p.add_argument("--test", required=True, help="test table (.csv/.jsonl/.parquet: formula[,depth][,embedding])")
-    p.add_argument("--strategy", default="greedy", choices=STRATEGIES)
+    p.add_argument("--strategy", default="greedy", choices=STRATEGIES,
+                   help="decoding strategy")
     p.add_argument("--constrained", action="store_true", help="grammar-constrained decoding")
     for name, kind in _DECODING_FLAGS.items():
         p.add_argument(f"--{name}", type=kind, help="decoding setting (default: DecodingConfig's; see stldec decode)")
     p.add_argument("--encoder", help="saved kernel encoder (default: the model's encoder/ folder; must match it)")
-    p.add_argument("--registry", help="SQLite registry file: runs are recorded there and identical ones reused")
-    p.add_argument("--report", help="folder for report.md and its PNG plots")
-    p.add_argument("--limit", type=int, help="only the first N test rows")
-    p.add_argument("--n_trajectories", type=int, default=1000, help="trajectories for cos_rho and sign agreement")
+    p.add_argument("--registry", type=_registry_file,
+                   help="SQLite registry file: runs are recorded there and identical ones reused")
+    p.add_argument("--report", type=_folder, help="folder for report.md and its PNG plots")
+    p.add_argument("--limit", type=_positive_int, help="only the first N test rows")
+    p.add_argument("--n_trajectories", type=_positive_int, default=1000,
+                   help="trajectories for cos_rho and sign agreement")
     p.add_argument("--metric_seed", type=int, default=0, help="seed of those trajectories")
     p.add_argument("--embedding_metrics", action="store_true",
                    help="also cosine/L2 between gold and decoded kernel embeddings (re-embeds the decoded formulae)")
     p.add_argument("--force", action="store_true", help="recompute even if the registry holds this run")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--device", type=_device, help="cpu, cuda, ... (default: cuda when available)")
 
 
 @_command("evaluate", _evaluate_arguments)
@@ -417,14 +479,11 @@ def evaluate(args: argparse.Namespace) -> None:
     from .registry import format_conflicts
 
     settings = {k: getattr(args, k) for k in _DECODING_FLAGS}
-    try:
-        result = run_evaluation(args.model, args.test, encoder=args.encoder, registry=args.registry,
-                                report=args.report, limit=args.limit, n_trajectories=args.n_trajectories,
-                                metric_seed=args.metric_seed, force=args.force, device=args.device,
-                                embedding_metrics=args.embedding_metrics, strategy=args.strategy,
-                                constrained=args.constrained, **settings)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"stldec evaluate: {e}") from None
+    result = run_evaluation(args.model, args.test, encoder=args.encoder, registry=args.registry,
+                            report=args.report, limit=args.limit, n_trajectories=args.n_trajectories,
+                            metric_seed=args.metric_seed, force=args.force, device=args.device,
+                            embedding_metrics=args.embedding_metrics, strategy=args.strategy,
+                            constrained=args.constrained, **settings)
     o = result["overall"]
     keys = ("n", "validity", "exact_match", "skeleton_match", "cos_rho_mean", "cos_rho_median",
             "cos_rho_share_above_0.9", "sign_agreement", "node_ratio", "depth_ratio")
@@ -436,8 +495,9 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def _registry_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("registry", help="SQLite registry file")
-    p.add_argument("--merge", nargs="+", metavar="OTHER", help="add the runs of other registries (never overwrites)")
+    p.add_argument("registry", type=_registry_file, help="SQLite registry file")
+    p.add_argument("--merge", type=_registry_file, nargs="+", metavar="OTHER",
+                   help="add the runs of other registries (never overwrites)")
 
 
 @_command("registry", _registry_arguments)
@@ -446,14 +506,11 @@ def registry(args: argparse.Namespace) -> None:
     from .registry import Registry, format_conflicts
 
     conflicts = []
-    try:
-        reg = Registry(args.registry, read_only=not args.merge)  # listing never creates or writes the file
-        for other in args.merge or ():
-            added, found = reg.merge(other)
-            conflicts += found
-            print(f"{other}: {added} runs added, {len(found)} conflicts")
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"stldec registry: {e}") from None
+    reg = Registry(args.registry, read_only=not args.merge)  # listing never creates or writes the file
+    for other in args.merge or ():
+        added, found = reg.merge(other)
+        conflicts += found
+        print(f"{other}: {added} runs added, {len(found)} conflicts")
     if not args.merge:
         for r in reg.runs():
             o = r["metrics"]["overall"]
@@ -489,28 +546,55 @@ def hub(args: argparse.Namespace) -> None:
     from .hub import prepare_hub_folder, push_to_hub
 
     card = dict(description=args.description, license=args.license, registry=args.registry)
-    try:
-        if args.hub_command == "prepare":
-            out = prepare_hub_folder(args.model, args.out, name=args.name, **card)
-            print(f"Hub folder written to {out}; check {out / 'README.md'}, then `stldec hub push`")
-        else:
-            print(f"uploaded: {push_to_hub(args.model, args.repo, private=args.private, **card)}")
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"stldec hub {args.hub_command}: {e}") from None
+    if args.hub_command == "prepare":
+        out = prepare_hub_folder(args.model, args.out, name=args.name, **card)
+        print(f"Hub folder written to {out}; check {out / 'README.md'}, then `stldec hub push`")
+    else:
+        print(f"uploaded: {push_to_hub(args.model, args.repo, private=args.private, **card)}")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default in --help, except None and False (the help text says what leaving it out does)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
+class UserError(SystemExit):
+    """Exit status 2 after a user error; `str()` is the one-line message already printed to stderr."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="stldec", description=__doc__.split("\n")[0])
+    from .stl.kernel import _package_version
+
+    parser = argparse.ArgumentParser(prog="stldec", description=__doc__.split("\n")[0], formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, run) in _COMMANDS.items():
-        p = sub.add_parser(name, help=(run.__doc__ or "").strip().split("\n")[0])
+        summary = (run.__doc__ or "").strip().split("\n")[0]
+        p = sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
         add_arguments(p)
         p.set_defaults(_run=run)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "_overrides", False):  # only `train` takes free --FIELD VALUE overrides
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args._extra = extra
-    args._run(args)
+    try:
+        args._run(args)
+    except USER_ERRORS as e:  # a bad file, path or value: one line; anything else is a bug and keeps its traceback
+        if args.debug:
+            raise
+        message = f"stldec {args.command}: error: {e}"
+        print(message, file=sys.stderr)
+        raise UserError(message) from None
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ decoder, `embedding` (list of float32, one entry per encoder anchor).
 
 - `load_formulae(path, encoder=None)`: CSV / JSONL / Parquet / a `save_to_disk` folder / a `build_dataset` folder
   -> `datasets.Dataset`; fills in `depth` and, given an encoder, the embeddings when the file has none; refuses
-  embeddings with NaN / inf / missing values, naming their rows.
+  embeddings with NaN / inf / missing values, naming their rows. Every
+  formula is parsed on the way in: an empty file or cell, a CSV line with an unquoted comma or a malformed formula
+  fails with a one-line ValueError naming the file and line (`read_checked`, `check_formulae`).
 - `build_dataset(out, n, encoder, preset=...)`: generated formulae + embeddings as Parquet shards; each shard is
   written to a temporary name and renamed, so an interrupted build resumes at the first missing shard and gives the
   same rows as an uninterrupted one. `save_formulae` writes any dataset as CSV / JSONL / Parquet.
@@ -20,6 +22,7 @@ decoder, `embedding` (list of float32, one entry per encoder anchor).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -27,6 +30,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -34,8 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from datasets.exceptions import DatasetGenerationError
 
-from .stl import FormulaGenerator, StlKernelEncoder, parse
+from .stl import FormulaGenerator, StlKernelEncoder, STLParseError, parse
 
 BUILD_META = "stldec_dataset.json"
 ENCODER_KEY = b"stldec.encoder"  # Parquet schema metadata: the fingerprint of the encoder that made `embedding`
@@ -53,16 +58,76 @@ def derive_seed(*keys: int) -> int:
 # files
 
 
+def read_checked(path: str | os.PathLike, read: Callable[[], Any]) -> Any:
+    """`read()` (pandas or `datasets`) of the table file or folder `path`, failing with a one-line ValueError that
+    names the file, and the line where one is at fault, when it is empty, has no rows or cannot be read."""
+    p = Path(path)
+    if p.is_file() and p.stat().st_size == 0:
+        raise ValueError(f"{p} is empty")
+    try:
+        table = read()
+    except (ValueError, DatasetGenerationError) as e:
+        raise ValueError(_format_problem(p) or f"{p}: {e.__cause__ or e}") from e
+    if len(table) == 0:
+        raise ValueError(_format_problem(p) or f"{p} has no rows")
+    return table
+
+
+def _format_problem(p: Path) -> str | None:
+    """The first line of a CSV/JSONL file that breaks its format (a CSV line with another number of fields than the
+    header, usually an unquoted comma; a JSONL line that is not JSON), or a CSV with no rows; None if none is found."""
+    if p.suffix == ".csv":
+        with open(p, newline="") as f:
+            lines = csv.reader(f)
+            header, rows = next(lines, []), 0
+            for row in lines:
+                if row and len(row) != len(header):
+                    return (f"{p}, line {lines.line_num}: {len(row)} fields but the header has {len(header)} "
+                            f"({','.join(header)}); quote a formula that holds a comma")
+                rows += bool(row)
+        return None if rows else f"{p} has no rows (only the header line)"
+    if p.suffix == ".jsonl":
+        with open(p) as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError as e:
+                        return f"{p}, line {n}: not a JSON object ({e})"
+    return None
+
+
+def check_formulae(formulae: Sequence, path: str | os.PathLike) -> list:
+    """The parsed `formula` column of the table `path`; an empty cell or a malformed formula fails with a ValueError
+    naming its line (CSV, JSONL; else its row) and where in the formula parsing stopped, or the line that breaks the
+    file's format (pandas reads some CSV lines with an unquoted comma without complaint, but not as intended)."""
+    p = Path(path)
+    first_line = {".csv": 2, ".jsonl": 1}.get(p.suffix)  # CSV: line 1 is the header
+    parsed = []
+    for i, text in enumerate(formulae):
+        where = f"{p}, line {i + first_line}" if first_line else f"{p}, row {i + 1}"
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(_format_problem(p) or f"{where}: empty formula cell")
+        try:
+            parsed.append(parse(text))
+        except STLParseError as e:
+            raise ValueError(_format_problem(p) or f"{where}: formula {text!r}, character {e.position + 1}: "
+                             f"{e.reason}") from None
+    return parsed
+
+
 def _normalise(ds: datasets.Dataset, path: str) -> datasets.Dataset:
-    """Rename known columns to lower case, parse embeddings stored as JSON text, fill in `depth`."""
+    """Rename known columns to lower case, check every formula, parse embeddings stored as JSON text, fill in
+    `depth`."""
     renames = {c: c.lower() for c in ds.column_names if c.lower() in COLUMNS and c != c.lower()}  # `Formula`, ...
     ds = ds.rename_columns(renames) if renames else ds
     if "formula" not in ds.column_names:
         raise ValueError(f"{path}: no `formula` column (columns: {ds.column_names})")
+    formulae = check_formulae(ds["formula"], path)
     if "embedding" in ds.column_names and isinstance(ds[0]["embedding"], str):
         ds = ds.map(lambda b: {"embedding": [json.loads(e) for e in b["embedding"]]}, batched=True)
     if "depth" not in ds.column_names:
-        ds = ds.map(lambda b: {"depth": [parse(f).depth for f in b["formula"]]}, batched=True)
+        ds = ds.add_column("depth", [f.depth for f in formulae])
     return ds
 
 
@@ -87,9 +152,9 @@ def load_formulae(path: str | os.PathLike, encoder: StlKernelEncoder | None = No
             raise ValueError(f"{p} is an unfinished build ({len(missing)} shards missing): rerun `stldec data build`")
         return check_embedding_rows(datasets.Dataset(pa.concat_tables([pq.read_table(s) for s in shards])), p)
     if p.is_dir():
-        ds = datasets.load_from_disk(str(p))
+        ds = read_checked(p, lambda: datasets.load_from_disk(str(p)))
     elif p.suffix in FORMATS:
-        ds = datasets.load_dataset(FORMATS[p.suffix], data_files=str(p), split="train")
+        ds = read_checked(p, lambda: datasets.load_dataset(FORMATS[p.suffix], data_files=str(p), split="train"))
     else:
         raise ValueError(f"{p}: unknown data format (expected one of {sorted(FORMATS)} or a dataset folder)")
     ds = check_embedding_rows(_normalise(ds, str(p)), p)

@@ -244,15 +244,16 @@ def test_identical_evaluations_at_once_both_succeed(saved_model, tmp_path):
     assert [p.suffix for p in (tmp_path / "outputs").iterdir()] == [".parquet"]  # no parts or lock file left
 
 
-def test_evaluate_refuses_another_encoder(saved_model):
+def test_evaluate_refuses_another_encoder(saved_model, capsys):
     from stldec.cli import main
     from stldec.stl import StlKernelEncoder
 
     root, encoder = saved_model
     StlKernelEncoder(encoder.anchors, n_trajectories=100, n_points=30).save_pretrained(root / "other")
-    with pytest.raises(SystemExit, match="trained with encoder"):
+    with pytest.raises(SystemExit):
         main(["evaluate", "--model", str(root / "run"), "--test", str(root / "test.csv"), "--encoder",
               str(root / "other")])
+    assert "stldec evaluate: error: the model was trained with encoder" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_zero_settings_and_a_registry_that_is_not_one(saved_model):

@@ -291,5 +291,5 @@ def test_hub_push_uploads_the_prepared_folder(monkeypatch, tmp_path, encoder):
     assert {"config.json", "model.safetensors", "modeling.py", "pipeline.py", "README.md", "tokenizer_config.json",
             "encoder/encoder_config.json", "encoder/anchors.txt"} <= calls["files"]
     assert 'repo = "me/stl"' in calls["card"]
-    with pytest.raises(SystemExit, match="stldec hub push: .* no config.json"):
+    with pytest.raises(SystemExit, match="stldec hub: error: .* no config.json"):
         main(["hub", "push", "--model", str(tmp_path / "none"), "--repo", "me/stl"])

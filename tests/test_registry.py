@@ -148,7 +148,7 @@ def test_merge_sources_are_opened_read_only(tmp_path):
     assert not (tmp_path / "missing.sqlite").exists()
     (tmp_path / "notes.txt").write_text("not a database, just a long enough text file " * 10)
     for path in (tmp_path / "notes.txt", foreign):
-        with pytest.raises(SystemExit, match=f"stldec registry: {path}"):
+        with pytest.raises(SystemExit, match=f"stldec registry: error: {path}"):
             main(["registry", str(reg.path), "--merge", str(path)])
     with pytest.raises(ValueError, match="notes.txt is not an SQLite registry"):
         Registry(tmp_path / "notes.txt")  # also as the registry itself (evaluate --registry)

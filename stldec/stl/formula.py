@@ -29,11 +29,13 @@ MAX_NESTING = 200  # deeper input is refused with an STLParseError instead of ex
 
 
 class STLParseError(ValueError):
-    """A formula string could not be parsed; `.position` is the 0-based character index of the problem."""
+    """A formula string could not be parsed; `.position` is the 0-based character index of the problem, `.reason`
+    the message without the position (for callers that name the file and line themselves)."""
 
     def __init__(self, message: str, position: int, text: str = ""):
         self.position = position
         self.text = text
+        self.reason = message
         where = f"\n  {text}\n  {' ' * position}^" if text and len(text) <= 200 else ""
         super().__init__(f"{message} (at position {position}){where}")
 

@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .formula import Formula, as_formulae
+from .formula import Formula, STLParseError, as_formulae, parse
 from .generator import FormulaGenerator
 from .measure import BaseMeasure
 from .semantics import robustness
@@ -49,9 +49,19 @@ def make_anchors(n: int = 1024, *, n_vars: int = 3, n_points: int = 100, seed: i
 
 
 def read_formula_file(path: str | os.PathLike, dialect: str = "reference") -> list[Formula]:
-    """One formula per line; blank lines and lines starting with '#' are skipped."""
-    lines = Path(path).read_text().splitlines()
-    return as_formulae([s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")], dialect)
+    """One formula per line; blank lines and lines starting with '#' are skipped. A malformed line fails with a
+    ValueError naming the file, line and column."""
+    formulae = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            formulae.append(parse(text, dialect=dialect))
+        except STLParseError as e:
+            column = line.index(text) + e.position + 1
+            raise ValueError(f"{path}, line {n}, column {column}: {e.reason}") from None
+    return formulae
 
 
 def check_fits(formulae: Sequence[Formula], n_vars: int, n_points: int, what: str = "formula") -> None:

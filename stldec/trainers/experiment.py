@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,10 @@ class DataSpec:
     encoder: str | dict | None = None
     n_generate: int = 64
     mlm_probability: float = 0.15
+
+    def __post_init__(self):
+        if self.stream_chunk_size < 1:
+            raise ValueError(f"data.stream_chunk_size must be >= 1, got {self.stream_chunk_size}")
 
 
 def _read_mapping(path: str | os.PathLike) -> dict:
@@ -244,6 +249,14 @@ def experiment_from_args(args, rest: list[str]) -> tuple[Experiment, str]:
     if "save_steps" in items and float(items["save_steps"]).is_integer():
         items["save_steps"] = int(items["save_steps"])
     experiment = Experiment.load(args.config).override(items)
+    # a command-line run refuses values that train nothing or fail mid-run (the API takes learning_rate 0: tests of
+    # weight initialisation train with it)
+    lr, save_steps = experiment.training.get("learning_rate", 1), experiment.training.get("save_steps", 1)
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"training.learning_rate must be a finite number > 0, got {lr!r}")
+    if not (isinstance(save_steps, int | float) and save_steps > 0):
+        raise ValueError(f"training.save_steps must be > 0 (steps, or a fraction of the run if < 1), "
+                         f"got {save_steps!r}")
     output_dir = args.output_dir or experiment.training.get("output_dir") or f"outputs/{Path(args.config).stem}"
     return experiment, output_dir
 
