@@ -256,7 +256,7 @@ def test_evaluate_refuses_another_encoder(saved_model, capsys):
     assert "stldec evaluate: error: the model was trained with encoder" in capsys.readouterr().err
 
 
-def test_evaluate_refuses_zero_settings_and_a_registry_that_is_not_one(saved_model):
+def test_evaluate_refuses_zero_settings_and_a_registry_that_is_not_one(saved_model, capsys):
     from stldec.cli import main
 
     root, _ = saved_model
@@ -264,8 +264,9 @@ def test_evaluate_refuses_zero_settings_and_a_registry_that_is_not_one(saved_mod
     for flag in ("--max_new_tokens", "--n_vars"):  # an error naming the field, never replaced by the default
         with pytest.raises(SystemExit, match=f"{flag[2:]} must be >= 1, got 0"):
             main([*base, flag, "0"])
-    with pytest.raises(SystemExit, match=r"test.csv is not an SQLite registry \(file is not a database\)"):
+    with pytest.raises(SystemExit):
         main([*base, "--registry", str(root / "test.csv")])
+    assert "test.csv is not an SQLite database" in capsys.readouterr().err
 
 
 def test_evaluate_module_loads_by_path():
