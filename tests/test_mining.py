@@ -131,6 +131,12 @@ def test_mine_is_deterministic_and_separation_is_non_negative():
     assert torch.isclose(separation(robustness(a.formula, x), y)[0], torch.tensor(a.separation), atol=1e-4)
 
 
+def test_mine_refuses_labels_of_one_class():
+    x, _ = planted(n=20, n_points=20)
+    with pytest.raises(ValueError, match=r"labels of both signs.*labels \[1\]"):
+        mine(x, torch.ones(20, dtype=torch.int64))
+
+
 @pytest.fixture(scope="module")
 def decoder():
     encoder = StlKernelEncoder(FormulaGenerator("random", seed=1, n_points=30).sample(16), n_trajectories=100,
@@ -167,6 +173,8 @@ def test_cli_mine_baseline(synthetic, tmp_path, capsys):
     assert {"accuracy", "precision", "recall", "misclassification_rate"} <= set(r["per_fold"][0])
     assert (tmp_path / "out" / "mining.png").stat().st_size > 10_000
     assert "mean test accuracy" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="stldec mine: --folds must be >= 2, got 1"):
+        main(["mine", "--data", str(synthetic), "--folds", "1", "--baseline", "--out", str(tmp_path / "o1")])
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "data.csv").write_text((synthetic / "data.csv").read_text())
     with pytest.raises(SystemExit, match=r"stldec mine: .*bare/labels\.csv not found"):
