@@ -8,7 +8,8 @@ search-only baseline (no network) and refine with library candidates, side by si
 Strategies (all constrained, batches of 32): greedy; rerank (8 beams + greedy); refine:B (those candidates refined
 within B s of search per formula); hybrid:B (the greedy output + the 8 library formulae nearest to the target,
 refined); search:B (`stldec.refine.search`: the 8 nearest library formulae, no network, refined); nearest (the
-closest of those, unrefined). The search
+closest of those, unrefined). A third field sets `size_tolerance` (search:0.25:0.002: the smallest formula within
+0.002 of the best embedding distance). The search
 sees the target embeddings and the model's encoder only; metrics use 1000 base-measure trajectories of seed 0
 (the model's encoder must use another seed: checked). Writes <out>/results.json (every metric, overall and by
 depth) and prints one Markdown table per test file, plus the overlap of the search library with the test sets
@@ -37,17 +38,18 @@ COLUMNS = ("validity", "cos_rho_mean", "cos_rho_q25", "cos_rho_median", "cos_rho
 def run_strategy(name: str, model, tok, encoder, e: torch.Tensor) -> list[str]:
     """greedy | rerank (k=8 beams + greedy) | refine:B (those candidates) | hybrid:B (greedy + the 8 nearest library
     formulae) | search:B (the 8 nearest library formulae, no network), refined within B s per formula."""
-    kind, _, budget = name.partition(":")
+    kind, budget, tolerance = (name.split(":") + ["", ""])[:3]
     common = dict(encoder=encoder, batch_size=32, constrained=True, n_vars=encoder.n_vars,
                   max_horizon=encoder.n_points - 1)
-    search_settings = dict(budget_s=float(budget or 1), rounds=10_000)  # anytime: the budget decides
+    search_settings = dict(budget_s=float(budget or 1), rounds=10_000,  # anytime: the budget decides
+                           size_tolerance=float(tolerance or 0))
     if kind in ("greedy", "rerank"):
         return decode(model, tok, e, strategy=kind, **common)
     if kind in ("refine", "hybrid"):
         k, library = (8, 0) if kind == "refine" else (0, 8)
         return decode(model, tok, e, strategy="refine", k=k, library=library, **search_settings, **common)
     if kind in ("search", "nearest"):  # nearest: the closest of the 8 nearest library formulae, no refinement
-        settings = search_settings if kind == "search" else dict(rounds=0)
+        settings = search_settings if kind == "search" else dict(rounds=0, size_tolerance=float(tolerance or 0))
         return [f.to_string() for i in range(0, len(e), 32) for f, _ in search(e[i : i + 32], encoder, k=8, **settings)]
     raise ValueError(f"unknown strategy {name!r}")
 

@@ -10,6 +10,7 @@
     stldec evaluate ...    decode a test set, score it, record it in a registry, write a Markdown report
     stldec registry ...    list a registry of evaluation runs, or merge registries (conflicts reported)
     stldec hub ...         write a trained model's Hugging Face Hub folder (code, encoder, model card) or upload it
+    stldec mine ...        requirement mining: STL formulae that classify labelled trajectories, cross-validated
 
 Each sub-command registers itself with `_command` below; `main()` dispatches and turns user errors (ValueError,
 FileNotFoundError, ...) into one line `stldec <command>: error: <message>` with exit status 2 (`stldec --debug
@@ -551,6 +552,34 @@ def hub(args: argparse.Namespace) -> None:
         print(f"Hub folder written to {out}; check {out / 'README.md'}, then `stldec hub push`")
     else:
         print(f"uploaded: {push_to_hub(args.model, args.repo, private=args.private, **card)}")
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# requirement mining
+
+
+def _mine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset folder: data.csv, labels.csv [, times.csv]")
+    p.add_argument("--folds", type=int, default=5, help="k of the stratified k-fold split")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one split (and search seed) per seed")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="trained decoder folder with its encoder/: also search its embedding space")
+    which.add_argument("--baseline", action="store_true", help="search without a decoder")
+    p.add_argument("--candidates", type=int, default=3000, help="generated candidate formulae per fold")
+    p.add_argument("--out", required=True, help="folder for results.json and mining.png")
+
+
+@_command("mine", _mine_arguments)
+def mine(args: argparse.Namespace) -> None:
+    """Requirement mining: learn STL formulae that classify labelled trajectories (k-fold cross-validation)."""
+    from .mining import run_mining
+
+    r = run_mining(args.data, args.out, folds=args.folds, seeds=args.seeds, model_dir=args.model,
+                   candidates=args.candidates)
+    print(f"{r['dataset']}: mean test accuracy {r['mean_test_accuracy']:.4f} over {len(r['per_fold'])} folds "
+          f"({r['search']}, {r['wall_s']:.0f} s); best formula {r['best_formula']}")
+    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'mining.png'}")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
