@@ -29,7 +29,7 @@ def test_quickstart_trains_decodes_and_scores(quickstart):
     assert set(metrics) == {"greedy", "constrained", "rerank k=4", "refine"}
     assert metrics["constrained"]["validity"] == metrics["rerank k=4"]["validity"] == metrics["refine"]["validity"] == 1
     assert metrics["refine"]["embedding_cosine"] >= metrics["rerank k=4"]["embedding_cosine"] - 1e-6
-    assert all(0 <= m["cos_rho_mean"] <= 1 for m in metrics.values())
+    assert all(-1 <= m["cos_rho_mean"] <= 1 for m in metrics.values())  # a cosine: an untrained tiny model may be < 0
     decoded = pd.read_csv(out / "decoded.csv", keep_default_na=False)
     assert len(decoded) == SETTINGS["n_test"][1]
     assert all(parse(t).to_string() == t for t in decoded["decoded_constrained"])
