@@ -55,7 +55,8 @@ class StlGrammar:
     the exact number of tokens (EOS included) of the shortest completion. Formula items carry the horizon budget
     left on their path, so every root-to-leaf sum of interval ends stays <= `max_horizon`; an interval item carries
     the most horizon it may add (`cap`): the child's budget, or for `until` the least budget left at any atom of its
-    already decoded left operand (tracked by the pending "OP" items).
+    already decoded left operand (tracked by the pending "OP" items, innermost first, and charged to the operators
+    around it once its own interval is known).
     """
 
     def __init__(self, *, n_vars: int = 3, max_horizon: int | None = None, dialect: str = "reference",
@@ -109,7 +110,7 @@ class StlGrammar:
             return 1 if item[1] is None else 0
         if tag == "NUM":
             return _number_need(item[1])
-        _, phase, a, b, cap = item  # "IV"
+        _, phase, a, b, cap, _ = item  # "IV"
         if phase == "a":
             return 4 if a is None else 3  # [digit] ',' 'inf' ']'
         if phase == "inf" or b is None:
@@ -126,13 +127,12 @@ class StlGrammar:
         tag = item[0]
         if tag == "F":
             budget = item[1]
-            if tok == "x_":  # an atom: its budget bounds every pending `until` whose left operand holds it
-                rest = tuple(("OP", min(it[1], budget)) if it[0] == "OP" else it for it in rest)
-                return rest + (("NUM", ""), ("CMP",), ("VAR", None))
+            if tok == "x_":  # an atom: its budget bounds the innermost pending binary operator (see `_merge`)
+                return self._merge(rest, budget) + (("NUM", ""), ("CMP",), ("VAR", None))
             if tok == "not":
                 return rest + (("LIT", ")"), ("F", budget), ("LIT", "("))
             if tok in ("always", "eventually"):
-                return rest + (("LIT", ")"), ("F", budget), ("LIT", "("), ("IV?", budget))
+                return rest + (("LIT", ")"), ("F", budget), ("LIT", "("), ("IV?", budget, False))
             if tok == "(":
                 return rest + (("LIT", ")"), ("F", budget), ("OP", budget), ("F", budget))
             return None
@@ -140,10 +140,11 @@ class StlGrammar:
             return rest if tok == item[1] else None
         if tag == "CMP":
             return rest if tok in ("<=", ">=") else None
-        if tag == "OP":
-            return rest if tok in ("and", "or") else rest + (("IV?", item[1]),) if tok == "until" else None
+        if tag == "OP":  # the left operand is complete: its least atom budget also bounds the enclosing operator
+            rest = self._merge(rest, item[1])
+            return rest if tok in ("and", "or") else rest + (("IV?", item[1], True),) if tok == "until" else None
         if tag == "IV?":
-            return rest + (("IV", "a", None, None, item[1]),) if tok == "[" else None
+            return rest + (("IV", "a", None, None, item[1], item[2]),) if tok == "[" else None
         if tag == "VAR":
             v = item[1]
             if tok not in _DIGITS or v == 0:
@@ -156,25 +157,39 @@ class StlGrammar:
         return self._interval(item, rest, tok)
 
     def _interval(self, item: tuple, rest: tuple, tok: str) -> tuple | None:
-        _, phase, a, b, cap = item
+        _, phase, a, b, cap, until = item
         if phase == "a":
             if tok == "," and a is not None:
-                return rest + (("IV", "b", a, None, cap),)
+                return rest + (("IV", "b", a, None, cap, until),)
             if tok in _DIGITS and a != 0:
                 a = int(tok) if a is None else a * 10 + int(tok)
-                return rest + (("IV", "a", a, None, cap),) if _extra_digits(a, 0, cap) is not None else None
+                return rest + (("IV", "a", a, None, cap, until),) if _extra_digits(a, 0, cap) is not None else None
             return None
         if phase == "inf":
-            return self._spend(rest, a) if tok == "]" else None
+            return self._close(rest, a, cap, until) if tok == "]" else None
         lo, hi = a + self.offset, cap + self.offset  # printed ends: AST end in [a, cap]
         if tok == "inf" and b is None:
-            return rest + (("IV", "inf", a, None, cap),)
+            return rest + (("IV", "inf", a, None, cap, until),)
         if tok == "]" and b is not None and lo <= b <= hi:
-            return self._spend(rest, b - self.offset)
+            return self._close(rest, b - self.offset, cap, until)
         if tok in _DIGITS and b != 0:
             b = int(tok) if b is None else b * 10 + int(tok)
-            return rest + (("IV", "b", a, b, cap),) if _extra_digits(b, lo, hi) is not None else None
+            return rest + (("IV", "b", a, b, cap, until),) if _extra_digits(b, lo, hi) is not None else None
         return None
+
+    def _close(self, rest: tuple, horizon: int, cap: int, until: bool) -> tuple:
+        """A complete interval adding `horizon`: charged to its operand; an until's also lengthens every path
+        through its (already decoded) left operand, whose least atom budget was `cap`."""
+        rest = self._spend(rest, horizon)
+        return self._merge(rest, cap - horizon) if until else rest
+
+    @staticmethod
+    def _merge(rest: tuple, budget: int) -> tuple:
+        """Bound the innermost pending binary operator ("OP", the one whose left operand is being decoded) by
+        `budget`; operators further out learn it when that one is read (an until's cap is its left operand's least
+        budget, so nesting an until inside another's left operand can never overrun the horizon)."""
+        i = max((i for i, item in enumerate(rest) if item[0] == "OP"), default=None)
+        return rest if i is None else rest[:i] + (("OP", min(rest[i][1], budget)),) + rest[i + 1:]
 
     @staticmethod
     def _number_char(s: str, tok: str) -> str | None:

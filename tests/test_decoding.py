@@ -233,3 +233,25 @@ def test_read_inputs(tmp_path, encoder):
     assert gold == ["always[0,5] ( x_0 <= 1.0 )", "x_1 >= 0.5"] and torch.equal(emb, encoder.encode(gold))
     with pytest.raises(ValueError, match="no `embedding` column"):
         read_inputs(tmp_path / "f.csv")
+
+
+def test_grammar_horizon_counts_untils_nested_in_a_left_operand():
+    """An until inside another until's left operand lengthens the paths through it: the grammar charges both."""
+    text = "( ( always[0,10] ( x_0 >= 0.0 ) until[0,5] x_1 >= 0.0 ) until[0,5] x_1 >= 0.0 )"
+    assert parse(text).time_horizon == 17
+    for max_horizon, ok in ((16, False), (17, True)):
+        state = StlGrammar(max_horizon=max_horizon).start
+        for t in TOK.tokenize(text) + [TOK.eos_token]:
+            state = state if state is None else StlGrammar(max_horizon=max_horizon).advance(state, t)
+        assert (state is not None) == ok, max_horizon
+
+
+def test_grammar_accepts_exactly_the_formulae_within_the_horizon():
+    formulae = FormulaGenerator("random", seed=8, time_bound_max_range=12).sample(300)
+    for max_horizon in (5, 12, 20):
+        grammar = StlGrammar(max_horizon=max_horizon)
+        for f in formulae:
+            state = grammar.start
+            for t in TOK.tokenize(f.to_string()) + [TOK.eos_token]:
+                state = state if state is None else grammar.advance(state, t)
+            assert (state is not None) == (f.time_horizon <= max_horizon), (max_horizon, str(f))
