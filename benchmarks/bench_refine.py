@@ -75,6 +75,8 @@ def main():
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     for test in a.test:
         df = pd.read_csv(test)
+        if "depth" not in df:  # depth8_ood_500.csv has only the formulae
+            df["depth"] = [parse(s).depth for s in df["formula"]]
         if a.per_depth:
             df = df.groupby("depth").head(a.per_depth)
         gold = list(df["formula"])
