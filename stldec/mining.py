@@ -45,7 +45,7 @@ import torch
 
 from .stl import FormulaGenerator, parse, robustness
 from .stl.formula import Atom, Formula, Not
-from .stl.params import Template, fit_thresholds, neighbours
+from .stl.params import Template, fit_thresholds, neighbours, printable
 
 BASE_POINTS = 100  # the grid candidates are drawn on (the kernel's and the decoder's)
 SD_FLOOR = 1e-6  # added to the separation's denominator: a formula constant on both classes separates 0
@@ -257,11 +257,6 @@ def base_candidates(n: int, n_vars: int, seed: int, n_points: int = BASE_POINTS)
     return list(dict.fromkeys(out))[:n]
 
 
-def _round(f: Formula) -> Formula:
-    t = Template(f)
-    return t.build([round(c, 4) + 0.0 for c in t.thresholds])
-
-
 @dataclass(frozen=True)
 class Mined:
     """A mined formula (separation >= 0 on its training fold: negated when needed) and where the search found it:
@@ -299,7 +294,7 @@ def mine(x: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, candidates: in
     active = pool.best(top, distinct=True)
     for _ in range(rounds):
         fitted, _ = fit_thresholds([Template(f) for f in active], loss, x, steps=steps, lr=lr)
-        fitted = [_round(f) for f in fitted]
+        fitted = [printable(f) for f in fitted]
         pool.score(fitted)
         moves = [neighbours(f, n_vars=V, n_points=T) for f in fitted]
         pool.score([g for m in moves for g in m])

@@ -26,7 +26,6 @@ it); `rounds` alone makes the result deterministic.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
 
@@ -34,7 +33,7 @@ import torch
 
 from .stl import FormulaGenerator, StlKernelEncoder
 from .stl.formula import Formula
-from .stl.params import Template, fit_thresholds, neighbours
+from .stl.params import Template, fit_thresholds, neighbours, printable
 
 DISTANCES = ("cosine", "l2")
 LIBRARY_SIZE = 20_000  # formulae in the search library (half `balanced`, half `random`)
@@ -76,10 +75,6 @@ class _Scorer:
             for (r, f), v in zip(todo, d.tolist()):
                 self.seen[r][f] = v
         return [self.seen[r][f] for r, f in pairs]
-
-    def remember(self, pairs: Sequence[tuple[int, Formula]], values: Sequence[float]) -> None:
-        for (r, f), v in zip(pairs, values):
-            self.seen[r].setdefault(f, v)
 
     def choose(self, row: int, size_tolerance: float) -> tuple[Formula, float]:
         """The closest formula seen for `row`, the smallest within `size_tolerance` of it."""
@@ -135,7 +130,7 @@ def refine(candidates: Sequence[Sequence[Formula | None]], targets: torch.Tensor
         rows = [r for r, _ in active]
         fitted, _ = fit_thresholds([Template(f) for _, f in active], scorer.loss(rows), encoder.trajectories,
                                    steps=steps, lr=lr, convention=encoder.convention)
-        rounded = [(r, Template(f).build([round(c, 4) for c in Template(f).thresholds])) for r, f in zip(rows, fitted)]
+        rounded = [(r, printable(f)) for r, f in zip(rows, fitted)]
         values = scorer.score(rounded)
         improved = [v < b for v, b in zip(values, before)]
         active = [new if better else old for new, better, old in zip(rounded, improved, active)]
@@ -157,22 +152,25 @@ def refine(candidates: Sequence[Sequence[Formula | None]], targets: torch.Tensor
     return [scorer.choose(i, size_tolerance) for i in range(len(targets))]
 
 
-@functools.lru_cache(maxsize=2)
-def _library(fingerprint: str, encoder: StlKernelEncoder, n: int, seed: int) -> tuple[list[Formula], torch.Tensor]:
-    half = n // 2
-    kw = dict(n_vars=encoder.n_vars, n_points=encoder.n_points)
-    formulae = FormulaGenerator("balanced", seed=seed, **kw).sample(half)
-    formulae += FormulaGenerator("random", seed=seed + 1, **kw).sample(n - half)
-    formulae = list(dict.fromkeys(formulae))
-    return formulae, encoder.encode(formulae)
+_LIBRARIES: dict[tuple[str, int, int], tuple[list[Formula], torch.Tensor]] = {}  # the last two made
 
 
 def formula_library(encoder: StlKernelEncoder, n: int | None = None, seed: int = 0
                     ) -> tuple[list[Formula], torch.Tensor]:
     """n (default `LIBRARY_SIZE`) generated formulae (half `balanced`, half `random` presets, seeded) and their
-    embeddings (n, D), made once per (encoder, n, seed) in a process: the candidates of `search` and of
+    embeddings (n, D), made once per (encoder fingerprint, n, seed) in a process: the candidates of `search` and of
     `decode(strategy="refine", library=k)`."""
-    return _library(encoder.fingerprint, encoder, n or LIBRARY_SIZE, seed)
+    n = n or LIBRARY_SIZE
+    key = (encoder.fingerprint, n, seed)
+    if key not in _LIBRARIES:
+        kw = dict(n_vars=encoder.n_vars, n_points=encoder.n_points)
+        formulae = FormulaGenerator("balanced", seed=seed, **kw).sample(n // 2)
+        formulae += FormulaGenerator("random", seed=seed + 1, **kw).sample(n - n // 2)
+        formulae = list(dict.fromkeys(formulae))
+        while len(_LIBRARIES) >= 2:
+            _LIBRARIES.pop(next(iter(_LIBRARIES)))
+        _LIBRARIES[key] = formulae, encoder.encode(formulae)
+    return _LIBRARIES[key]
 
 
 def nearest_library(targets: torch.Tensor, encoder: StlKernelEncoder, k: int, *, library_size: int | None = None,

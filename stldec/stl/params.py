@@ -83,6 +83,13 @@ class Template:
         return f"Template({str(self.formula)!r})"
 
 
+def printable(formula: Formula) -> Formula:
+    """The formula with its thresholds rounded to the 4 decimals it prints with (-0.0 as 0.0): the formula a search
+    scores is then exactly the one its text gives back."""
+    t = Template(formula)
+    return t.build([round(c, 4) + 0.0 for c in t.thresholds])
+
+
 def active_atoms(formulae: Sequence[Formula], trajectories: torch.Tensor, *, convention: str = "reference"
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Time-0 robustness (B, N) and, per (formula, trajectory), the index of the atom (post-order) whose value it
