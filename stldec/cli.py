@@ -280,6 +280,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--out", type=_folder, required=True, help="output folder (rerun the same command to resume)")
     b.add_argument("--seed", type=int, default=0, help="generator seed")
     b.add_argument("--shard_size", type=_positive_int, default=2048, help="formulae per shard")
+    b.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
+                   help="formula files (e.g. the test sets) whose formulae the built set must not contain")
     b.add_argument("--device", type=_device, help="cpu, cuda, ... for the encoder (default: cuda when available)")
     e = sub.add_parser("encoder", help="make a kernel encoder and save it (with its anchor robustness) to a folder",
                        formatter_class=p.formatter_class)
@@ -296,7 +298,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 def data(args: argparse.Namespace) -> None:
     """Dataset tools: `stldec data encoder` saves a kernel encoder, `stldec data build` makes a training set."""
     from .data import build_dataset, load_formulae
-    from .stl import StlKernelEncoder
+    from .stl import StlKernelEncoder, parse
 
     if args.data_command == "encoder":
         encoder = StlKernelEncoder(args.anchors, n_trajectories=args.n_trajectories, n_points=args.n_points,
@@ -305,8 +307,11 @@ def data(args: argparse.Namespace) -> None:
         print(f"saved {encoder.fingerprint} to {args.out}")
         return
     encoder = StlKernelEncoder.from_pretrained(args.encoder, device=args.device)
-    out = build_dataset(args.out, args.n, encoder, preset=args.preset, seed=args.seed, shard_size=args.shard_size)
-    print(f"{len(load_formulae(out))} formulae in {out} ({encoder.fingerprint})")
+    exclude = {parse(f) for path in args.exclude for f in load_formulae(path)["formula"]}
+    out = build_dataset(args.out, args.n, encoder, preset=args.preset, seed=args.seed, shard_size=args.shard_size,
+                        exclude=exclude)
+    n = len(load_formulae(out))
+    print(f"{n} formulae in {out} ({encoder.fingerprint})" + (f"; {args.n - n} excluded" if exclude else ""))
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from datasets.exceptions import DatasetGenerationError
 
-from .stl import FormulaGenerator, StlKernelEncoder, STLParseError, parse
+from .stl import Formula, FormulaGenerator, StlKernelEncoder, STLParseError, parse
 
 BUILD_META = "stldec_dataset.json"
 ENCODER_KEY = b"stldec.encoder"  # Parquet schema metadata: the fingerprint of the encoder that made `embedding`
@@ -225,13 +225,13 @@ def save_formulae(ds: datasets.Dataset, path: str | os.PathLike) -> None:
 
 
 def generate_rows(n: int, encoder: StlKernelEncoder | None, *, preset: str, seed: int, n_vars: int = 3,
-                  n_points: int = 100, **generator) -> dict[str, list]:
-    """n generated formulae (columns formula, depth[, embedding]); the encoder, when given, sets n_vars/n_points;
-    `generator` holds FormulaGenerator overrides (depth_shares, max_depth, ...)."""
+                  n_points: int = 100, exclude: Collection[Formula] = (), **generator) -> dict[str, list]:
+    """n generated formulae (columns formula, depth[, embedding]) less those in `exclude`; the encoder, when given,
+    sets n_vars/n_points; `generator` holds FormulaGenerator overrides (depth_shares, max_depth, ...)."""
     if encoder is not None:
         n_vars, n_points = encoder.n_vars, encoder.n_points
     formulae = FormulaGenerator(preset=preset, seed=seed, n_vars=n_vars, n_points=n_points, **generator).sample(n)
-    return _rows(formulae, encoder)
+    return _rows([f for f in formulae if f not in exclude], encoder)
 
 
 def _table(rows: dict[str, list]) -> pa.Table:
@@ -257,19 +257,25 @@ def _shard_name(i: int) -> str:
 
 
 def build_dataset(out: str | os.PathLike, n: int, encoder: StlKernelEncoder, *, preset: str = "balanced",
-                  seed: int = 0, shard_size: int = 2048, progress: bool = True, **generator) -> Path:
+                  seed: int = 0, shard_size: int = 2048, progress: bool = True, exclude: Iterable[Formula] = (),
+                  **generator) -> Path:
     """Generate and embed n formulae into Parquet shards under `out`; resumes an interrupted build of the same
     settings (shard i always holds the same rows), refuses to mix settings in one folder. Returns `out`.
-    `generator`: FormulaGenerator overrides of the preset."""
+    `generator`: FormulaGenerator overrides of the preset. `exclude`: formulae that must not be in the set (e.g. a
+    test set's): generated rows equal to one of them are dropped, so the folder may hold fewer than n rows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_shards = math.ceil(n / shard_size)
+    exclude = set(exclude)
+    digest = hashlib.sha256("\n".join(sorted(f.to_string() for f in exclude)).encode()).hexdigest()[:16]
     meta = dict(n=n, preset=preset, generator=generator, seed=seed, shard_size=shard_size, n_shards=n_shards,
+                exclude=f"{len(exclude)} formulae, sha256 {digest}" if exclude else None,
                 columns=["formula", "depth", "embedding"], encoder=encoder.config())
     meta = json.loads(json.dumps(meta))  # as stored (depth_shares keys become strings)
     if (out / BUILD_META).is_file():
         old = json.loads((out / BUILD_META).read_text())
-        keys = ("n", "preset", "generator", "seed", "shard_size")
+        old.setdefault("exclude", None)  # folders built before `exclude` existed
+        keys = ("n", "preset", "generator", "seed", "shard_size", "exclude")
         if any(old[k] != meta[k] for k in keys) or old["encoder"]["fingerprint"] != encoder.fingerprint:
             raise ValueError(f"{out} holds a build with other settings ({ {k: old[k] for k in keys} }, encoder "
                              f"{old['encoder']['fingerprint']}): use another --out")
@@ -280,7 +286,7 @@ def build_dataset(out: str | os.PathLike, n: int, encoder: StlKernelEncoder, *, 
         if path.exists():
             continue
         size = min(shard_size, n - i * shard_size)
-        rows = generate_rows(size, encoder, preset=preset, seed=derive_seed(seed, i), **generator)
+        rows = generate_rows(size, encoder, preset=preset, seed=derive_seed(seed, i), exclude=exclude, **generator)
         tmp = path.with_suffix(".tmp")
         pq.write_table(_table(rows), tmp)
         os.replace(tmp, path)

@@ -3,7 +3,8 @@
 A formula is drawn in two steps:
 1. its *skeleton* (operators and atoms). Operators follow `operator_probs` (reference: not/and/or/eventually/until
    0.166, always 0.17); atoms are `x_i <= c` / `x_i >= c` with i uniform over `n_vars`, either comparison with
-   probability 1/2 and c ~ N(threshold_mean, threshold_sd²) rounded to 4 decimals (so printing is lossless).
+   probability 1/2 and c ~ N(threshold_mean, threshold_sd²) rounded to `threshold_decimals` (default 4) decimals
+   (so printing is lossless).
    Depth (DESIGN.md: an atom has depth 1) is either *exact* — every root-to-leaf path has d - 1 operators, complete
    trees like the published data — with d drawn from `depth_shares`, or *free* (`depth_shares=None`): a child is an
    atom with probability `leaf_prob`, forced to be an operator until depth `min_depth` and an atom at `max_depth`.
@@ -66,6 +67,7 @@ class GeneratorConfig:
     time_bound_max_range: int = 35  # R: starts a ~ U{0..R-1}, bounded ends b ~ U{a+1..R}
     threshold_mean: float = 0.0
     threshold_sd: float = 1.0
+    threshold_decimals: int = 4  # thresholds are rounded to this many decimals (0..4; the published data: 4)
     unique: bool = False  # never yield the same formula twice in this generator's lifetime
 
     def __post_init__(self):
@@ -87,6 +89,8 @@ class GeneratorConfig:
                 raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
         if self.n_vars < 1 or self.n_points < 1 or self.time_bound_max_range < 1 or self.threshold_sd < 0:
             raise ValueError("need n_vars >= 1, n_points >= 1, time_bound_max_range >= 1, threshold_sd >= 0")
+        if not 0 <= self.threshold_decimals <= 4:
+            raise ValueError(f"threshold_decimals must be in 0..4, got {self.threshold_decimals}")
 
 
 PRESETS: dict[str, dict] = {
@@ -195,7 +199,7 @@ class FormulaGenerator:
         """(formula, its horizon) with intervals from their unconditioned law; `level` = operators above this node."""
         r, c = self.rng, self.cfg
         if level >= lo - 1 and (level >= hi - 1 or r.random() < c.leaf_prob):
-            threshold = round(r.gauss(c.threshold_mean, c.threshold_sd), 4) + 0.0  # + 0.0: no "-0.0"
+            threshold = round(r.gauss(c.threshold_mean, c.threshold_sd), c.threshold_decimals) + 0.0  # + 0.0: no "-0.0"
             return Atom(r.randrange(c.n_vars), threshold, r.random() < 0.5), 0
         op = self._ops[bisect(self._op_cum, r.random() * self._op_cum[-1])]
         kids = [self._grow(level + 1, lo, hi) for _ in range(ARITY[op])]
