@@ -224,14 +224,22 @@ def save_formulae(ds: datasets.Dataset, path: str | os.PathLike) -> None:
         raise ValueError(f"{p}: unknown data format (expected .csv, .jsonl, .parquet or a folder)")
 
 
+def sample_formulae(generator: FormulaGenerator, n: int, exclude: Collection[Formula] = ()) -> list[Formula]:
+    """n formulae of `generator`, none in `exclude` (one is replaced by the generator's next draw)."""
+    formulae = [f for f in generator.sample(n) if f not in exclude]
+    while len(formulae) < n:
+        formulae += [f for f in generator.sample(n - len(formulae)) if f not in exclude]
+    return formulae
+
+
 def generate_rows(n: int, encoder: StlKernelEncoder | None, *, preset: str, seed: int, n_vars: int = 3,
                   n_points: int = 100, exclude: Collection[Formula] = (), **generator) -> dict[str, list]:
-    """n generated formulae (columns formula, depth[, embedding]) less those in `exclude`; the encoder, when given,
-    sets n_vars/n_points; `generator` holds FormulaGenerator overrides (depth_shares, max_depth, ...)."""
+    """n generated formulae (columns formula, depth[, embedding]), none in `exclude`; the encoder, when given, sets
+    n_vars/n_points; `generator` holds FormulaGenerator overrides (depth_shares, max_depth, ...)."""
     if encoder is not None:
         n_vars, n_points = encoder.n_vars, encoder.n_points
-    formulae = FormulaGenerator(preset=preset, seed=seed, n_vars=n_vars, n_points=n_points, **generator).sample(n)
-    return _rows([f for f in formulae if f not in exclude], encoder)
+    gen = FormulaGenerator(preset=preset, seed=seed, n_vars=n_vars, n_points=n_points, **generator)
+    return _rows(sample_formulae(gen, n, exclude), encoder)
 
 
 def _table(rows: dict[str, list]) -> pa.Table:
@@ -262,7 +270,7 @@ def build_dataset(out: str | os.PathLike, n: int, encoder: StlKernelEncoder, *, 
     """Generate and embed n formulae into Parquet shards under `out`; resumes an interrupted build of the same
     settings (shard i always holds the same rows), refuses to mix settings in one folder. Returns `out`.
     `generator`: FormulaGenerator overrides of the preset. `exclude`: formulae that must not be in the set (e.g. a
-    test set's): generated rows equal to one of them are dropped, so the folder may hold fewer than n rows."""
+    test set's): a generated formula equal to one of them is replaced by the generator's next one."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_shards = math.ceil(n / shard_size)
@@ -307,7 +315,7 @@ def _rank_world() -> tuple[int, int]:
 
 class FormulaStream(torch.utils.data.IterableDataset):
     """Endless generated formulae (+ embeddings given an encoder), `chunk_size` at a time; see the module docstring.
-    `generator`: FormulaGenerator overrides of the preset.
+    `generator`: FormulaGenerator overrides of the preset; `exclude`: formulae never yielded (e.g. a test set's).
 
     Yields dicts with `formula`, `depth`[, `embedding`] and `index` (the row's position in the global stream),
     passed through `transform` (a batch function, as `Dataset.with_transform` takes) one chunk at a time.
@@ -317,8 +325,9 @@ class FormulaStream(torch.utils.data.IterableDataset):
     def __init__(self, encoder: StlKernelEncoder | None = None, *, preset: str = "balanced", seed: int = 0,
                  chunk_size: int = 256, transform: Callable[[dict], dict] | None = None,
                  rank: int | None = None, world_size: int | None = None, n_vars: int = 3, n_points: int = 100,
-                 **generator):
+                 exclude: Collection[Formula] = (), **generator):
         self.encoder, self.preset, self.seed, self.chunk_size = encoder, preset, seed, chunk_size
+        self.exclude = frozenset(exclude)
         self.transform, self.rank, self.world_size, self.generator = transform, rank, world_size, generator
         self.n_vars, self.n_points = (encoder.n_vars, encoder.n_points) if encoder is not None else (n_vars, n_points)
         self.batches_done, self.batch_size = 0, 1
@@ -329,8 +338,9 @@ class FormulaStream(torch.utils.data.IterableDataset):
 
     def chunk(self, c: int, start: int = 0) -> dict[str, list]:
         """Rows start.. of global chunk c (generation is cheap, so only the embedding is skipped for rows < start)."""
-        formulae = FormulaGenerator(preset=self.preset, seed=derive_seed(self.seed, c), n_vars=self.n_vars,
-                                    n_points=self.n_points, **self.generator).sample(self.chunk_size)[start:]
+        gen = FormulaGenerator(preset=self.preset, seed=derive_seed(self.seed, c), n_vars=self.n_vars,
+                               n_points=self.n_points, **self.generator)
+        formulae = sample_formulae(gen, self.chunk_size, self.exclude)[start:]
         rows = _rows(formulae, self.encoder)
         rows["index"] = list(range(c * self.chunk_size + start, (c + 1) * self.chunk_size))
         return self.transform(rows) if self.transform is not None else rows

@@ -79,6 +79,31 @@ def test_build_resumes_by_shard_and_refuses_other_settings(tmp_path, encoder):
         D.load_formulae(out, other)
 
 
+def test_excluded_formulae_are_never_generated_built_or_streamed(tmp_path, encoder):
+    """`exclude` (e.g. a test set) replaces a generated formula by the generator's next one: same count, same rows
+    otherwise, none excluded -- in generated rows, a built folder (whose settings record the exclusion) and the stream."""
+    from stldec.stl import parse
+
+    kw = dict(preset="balanced", seed=3, **SHORT)
+    plain = D.generate_rows(12, None, **kw)["formula"]
+    banned = {parse(plain[1]), parse(plain[7])}
+    kept = D.generate_rows(12, None, exclude=banned, **kw)["formula"]
+    assert len(kept) == 12 and not banned & {parse(f) for f in kept}
+    assert [f for f in plain if parse(f) not in banned] == kept[:10]
+    built = D.load_formulae(D.build_dataset(tmp_path / "a", 12, encoder, shard_size=12, progress=False, **kw))
+    banned = {parse(built["formula"][0]), parse(built["formula"][5])}
+    out = D.build_dataset(tmp_path / "b", 12, encoder, shard_size=12, progress=False, exclude=banned, **kw)
+    assert [f for f in built["formula"] if parse(f) not in banned] == D.load_formulae(out)["formula"][:10]
+    assert len(D.load_formulae(out)) == 12
+    with pytest.raises(ValueError, match="other settings"):
+        D.build_dataset(out, 12, encoder, shard_size=12, progress=False, **kw)
+    stream = [r["formula"] for r in _take(D.FormulaStream(chunk_size=12, **kw), 24)]
+    banned = {parse(stream[2]), parse(stream[20])}
+    again = [r["formula"] for r in _take(D.FormulaStream(chunk_size=12, exclude=banned, **kw), 24)]
+    assert not banned & {parse(f) for f in again}
+    assert [f for f in stream if parse(f) not in banned] == again[:11] + again[12:23]  # each chunk topped up
+
+
 def _take(stream, n):
     it = iter(stream)
     return [next(it) for _ in range(n)]

@@ -236,6 +236,25 @@ def test_rows_dropped_as_too_long_are_recorded_and_warned_about(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_gpu_recipe_trains_at_tiny_size_on_a_cpu_and_never_on_an_excluded_formula(tmp_path):
+    """examples/configs/base.yaml as written (stream, generator options, schedule), shrunk to the tiny model and
+    encoder for 2 steps; its data.exclude is honoured: the training file's rows of a test file are dropped."""
+    e = Experiment.load(ROOT / "examples/configs/base.yaml").override({
+        "model.preset": "tiny", "model.num_memory_tokens": 4, "model.max_position_embeddings": 128,
+        "data.encoder": BASE["data"]["encoder"], "data.n_validation": 4, "data.n_generate": 2,
+        "data.stream_chunk_size": 8, "max_steps": 2, "per_device_train_batch_size": 4, "eval_steps": 2,
+        "save_steps": 2, "report_to": [], "disable_tqdm": True})
+    train(e, tmp_path / "base")
+    assert (tmp_path / "base" / "model.safetensors").is_file() and steps_saved(tmp_path / "base") == [2]
+
+    rows = ["x_0 >= 0.5", "eventually[0,3] ( x_1 <= 0.25 )", "always[1,4] ( x_2 >= -1.0 )", "not ( x_0 <= 0.1 )"]
+    (tmp_path / "train.csv").write_text("formula\n" + "\n".join(f'"{r}"' for r in rows * 4) + "\n")
+    (tmp_path / "test.csv").write_text('formula\n"always[1,4] ( x_2 >= -1.0 )"\n')
+    with pytest.warns(UserWarning, match="dropped 4 rows whose formula is in data.exclude"):
+        train(experiment(data={"train": str(tmp_path / "train.csv"), "exclude": [str(tmp_path / "test.csv")]},
+                         training={"max_steps": 1}), tmp_path / "file")
+
+
 def test_accelerate_two_cpu_processes_train_and_resume_a_stream(tmp_path):
     e = experiment(data={"stream": True, "stream_chunk_size": 16},
                    training={"save_steps": 3, "per_device_train_batch_size": 8})

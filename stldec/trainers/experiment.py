@@ -43,6 +43,9 @@ class DataSpec:
         many anchors drawn from the generator's "random" preset); required by the decoder head unless every file
         already holds embeddings. None: the package's default encoder (when one is needed).
     n_generate: validation rows decoded at each evaluation for validity and cos_rho (0: loss only).
+    exclude: formula files (e.g. the published test sets) whose formulae are never trained on: generated rows and
+        the stream replace them by the generator's next draw, a training file's rows holding one are dropped (the
+        number is recorded in the run record).
     """
 
     train: str | None = None
@@ -58,6 +61,7 @@ class DataSpec:
     encoder: str | dict | None = None
     n_generate: int = 64
     mlm_probability: float = 0.15
+    exclude: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         if self.stream_chunk_size < 1:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .. import data as D
+from ..stl import parse
 from .experiment import Experiment
 from .trainer import (
     ApplyIntervals,
@@ -173,7 +174,8 @@ def _embedding_dim(ds) -> int | None:
 
 def build_datasets(experiment: Experiment, tokenizer):
     """(encoder, train, validation, test): files or generated rows, embedded when the decoder needs it and the
-    file has no embeddings; train may be a stream. The encoder is made only when something needs it."""
+    file has no embeddings; train may be a stream; none of its formulae is in `data.exclude`. The encoder is made
+    only when something needs it."""
     spec, head = experiment.data, experiment.model["head"]
     files = {k: D.load_formulae(p) for k, p in (("train", spec.train), ("validation", spec.validation),
                                                 ("test", spec.test)) if p is not None}
@@ -186,12 +188,18 @@ def build_datasets(experiment: Experiment, tokenizer):
                 D.check_built_with(p, encoder)
     enc = encoder if head == "decoder" else None
     files = {k: D.add_embeddings(ds, enc) if enc is not None else ds for k, ds in files.items()}
+    exclude = {parse(f) for path in spec.exclude for f in D.load_formulae(path)["formula"]}
     if spec.stream:
         train = D.FormulaStream(enc, preset=spec.preset, seed=spec.seed, chunk_size=spec.stream_chunk_size,
-                                transform=lambda b: D.tokenize_batch(tokenizer, b), **spec.generator)
+                                transform=lambda b: D.tokenize_batch(tokenizer, b), exclude=exclude, **spec.generator)
+    elif "train" in files:
+        train = files["train"].filter(lambda fs: [parse(f) not in exclude for f in fs], input_columns="formula",
+                                      batched=True) if exclude else files["train"]
+        if excluded := len(files["train"]) - len(train):
+            warnings.warn(f"{spec.train}: dropped {excluded} rows whose formula is in data.exclude", stacklevel=2)
     else:
-        train = files["train"] if "train" in files else D.generate_dataset(
-            spec.n_train, enc, preset=spec.preset, seed=spec.seed, **spec.generator)
+        train = D.generate_dataset(spec.n_train, enc, preset=spec.preset, seed=spec.seed, exclude=exclude,
+                                   **spec.generator)
     val = files.get("validation")
     if val is None and spec.n_validation > 0:
         val = D.generate_dataset(spec.n_validation, enc, preset=spec.preset, seed=spec.seed + VALIDATION_SEED_OFFSET,
