@@ -606,7 +606,7 @@ class UserError(SystemExit):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .stl.kernel import _package_version
+    from . import _package_version
 
     parser = argparse.ArgumentParser(prog="stldec", description=__doc__.split("\n")[0], formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")

@@ -163,12 +163,15 @@ def test_version_and_defaults_in_help(capsys):
         assert shown in out and "(default: None)" not in out and "(default: False)" not in out, command
 
 
-def test_help_imports_no_data_or_training_libraries():
-    """`stldec --help` and `stldec train --help` build every parser without importing datasets, pandas or the HF
-    Trainer (torch and transformers come with `import stldec`, which registers the Auto classes)."""
-    code = ("import sys\nfrom stldec.cli import main\nfor argv in (['--help'], ['train', '--help']):\n"
-            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-            "heavy = ('datasets', 'pandas', 'transformers.trainer', 'stldec.data')\n"
+def test_help_imports_neither_torch_nor_transformers():
+    """`stldec --help` and every `stldec <command> [<sub-command>] --help` build their parsers without importing
+    torch, transformers (`import stldec` defers the Auto registration until transformers is imported), datasets or
+    pandas."""
+    code = ("import sys\nfrom stldec.cli import _COMMANDS, main\n"
+            "nested = [['data', 'build'], ['data', 'encoder'], ['hub', 'prepare'], ['hub', 'push']]\n"
+            "for argv in [[]] + [[c] for c in _COMMANDS] + nested:\n"
+            "    try:\n        main(argv + ['--help'])\n    except SystemExit as e:\n        assert e.code == 0, argv\n"
+            "heavy = ('torch', 'transformers', 'datasets', 'pandas', 'stldec.data')\n"
             "print(sorted(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"

@@ -309,3 +309,29 @@ def test_import_stldec_alone_registers_every_auto_class(tmp_path):
             "c = AutoConfig.for_model('stldec', is_decoder=False, add_cross_attention=False)\n"
             "assert type(AutoModelForMaskedLM.from_config(c)).__name__ == 'StlDecForMaskedLM'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+@pytest.mark.parametrize("first", [
+    "import stldec\nfrom transformers.modeling_layers import GradientCheckpointingLayer",  # imports the Auto classes
+    "from stldec import StlDecModel",                                          # stldec.modeling imports transformers
+    "import transformers\nfrom transformers import AutoModel\nimport stldec",  # transformers first: registers at once
+    "import stldec\nimport transformers.pipelines",                            # the pipelines import the Auto classes
+    "from stldec import StlDecConfig",                                         # a config alone registers every class
+])
+def test_registration_survives_every_import_order(tmp_path, first):
+    """Registration waits for transformers; whatever imports it first, the Auto classes, the pipeline task and
+    `register_for_auto_class` are in place right after, in a fresh process."""
+    StlDecForCausalLM(tiny()).save_pretrained(tmp_path)
+    StlTokenizer().save_pretrained(tmp_path)
+    code = (f"{first}\nimport sys\nauto = sys.modules['transformers.models.auto.configuration_auto']\n"
+            "assert 'stldec' in auto.CONFIG_MAPPING, 'not registered right after the imports'\n"
+            "from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, pipeline\n"
+            f"d = {str(tmp_path)!r}\n"
+            "assert type(AutoModel.from_pretrained(d)).__name__ == 'StlDecModel'\n"
+            "assert type(AutoModelForCausalLM.from_pretrained(d)).__name__ == 'StlDecForCausalLM'\n"
+            "assert type(AutoTokenizer.from_pretrained(d)).__name__ == 'StlTokenizer'\n"
+            "assert type(pipeline('stl-decoding', model=d, device='cpu')).__name__ == 'StlDecodingPipeline'\n"
+            "from stldec import StlDecConfig\n"
+            "StlDecConfig().save_pretrained(d + '/config_only')\n"
+            "assert 'auto_map' in open(d + '/config_only/config.json').read()\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

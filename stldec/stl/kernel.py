@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .. import _package_version
 from .formula import Formula, STLParseError, as_formulae, parse
 from .generator import FormulaGenerator
 from .measure import BaseMeasure
@@ -114,13 +114,6 @@ def cos_rho(formulae_a: Formula | str | Sequence[Formula | str], formulae_b: For
     ub = unit_rows(robustness_matrix(b, trajectories, convention))
     both_zero = ~ua.any(1) & ~ub.any(1)
     return torch.where(both_zero, 1.0, (ua * ub).sum(1).clamp(-1.0, 1.0)).cpu()
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("stldec")
-    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
 
 
 class StlKernelEncoder:
