@@ -401,7 +401,8 @@ class StlCollator:
     head "decoder": input_ids, attention_mask, labels (= input_ids, -100 on padding; the model shifts them) and
     formula_embedding (B, D) float32; "gpt": the same without the embedding; "mlm": BERT-style masking of 15 % of
     the non-special tokens (80 % <mask>, 10 % random, 10 % kept), labels -100 elsewhere.
-    `max_length` truncates longer rows (keeping the final </s>); None keeps every row whole.
+    `max_length` drops longer rows from the batch (a cut formula would teach invalid text; only streamed rows can be
+    that long, files are filtered by `lazy_tokenize`), counted in `dropped` and warned about once.
     """
 
     HEADS = ("decoder", "gpt", "mlm")
@@ -412,13 +413,20 @@ class StlCollator:
             raise ValueError(f"unknown head {head!r}; expected one of {self.HEADS}")
         self.tokenizer, self.head, self.mlm_probability = tokenizer, head, mlm_probability
         self.pad_to_multiple_of, self.max_length = pad_to_multiple_of, max_length
-        self.pad_id = tokenizer.pad_token_id
+        self.pad_id, self.dropped = tokenizer.pad_token_id, 0
         self.special_ids = torch.tensor(sorted(tokenizer.all_special_ids))
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if self.max_length is not None and any(len(r["input_ids"]) > self.max_length for r in rows):
+            kept = [r for r in rows if len(r["input_ids"]) <= self.max_length]
+            if not kept:
+                raise ValueError(f"every row of a batch is longer than {self.max_length} tokens: raise "
+                                 "max_position_embeddings or generate shorter formulae")
+            if not self.dropped:
+                warnings.warn(f"dropping rows longer than {self.max_length} tokens (max_position_embeddings) from "
+                              "their batches", stacklevel=2)
+            self.dropped, rows = self.dropped + len(rows) - len(kept), kept
         ids = [list(r["input_ids"]) for r in rows]
-        if self.max_length is not None:
-            ids = [x if len(x) <= self.max_length else x[: self.max_length - 1] + x[-1:] for x in ids]
         T = max(len(x) for x in ids)
         if self.pad_to_multiple_of:
             T = -(-T // self.pad_to_multiple_of) * self.pad_to_multiple_of

@@ -81,7 +81,7 @@ def test_build_resumes_by_shard_and_refuses_other_settings(tmp_path, encoder):
 
 def test_excluded_formulae_are_never_generated_built_or_streamed(tmp_path, encoder):
     """`exclude` (e.g. a test set) replaces a generated formula by the generator's next one: same count, same rows
-    otherwise, none excluded -- in generated rows, a built folder (whose settings record the exclusion) and the stream."""
+    otherwise, none excluded -- in generated rows, a built folder (its settings record the exclusion), the stream."""
     from stldec.stl import parse
 
     kw = dict(preset="balanced", seed=3, **SHORT)
@@ -167,6 +167,12 @@ def test_collator_pads_to_the_batch_and_masks_labels(tok):
     assert D.StlCollator(tok, "gpt", pad_to_multiple_of=8)(rows)["input_ids"].shape[1] % 8 == 0
     with pytest.raises(ValueError, match="needs embeddings"):
         D.StlCollator(tok, "decoder")([{"input_ids": r["input_ids"]} for r in rows])
+    cut = D.StlCollator(tok, "decoder", max_length=min(n))  # a streamed row too long: dropped whole, never cut
+    with pytest.warns(UserWarning, match=f"dropping rows longer than {min(n)} tokens"):
+        short = cut(rows)
+    assert short["input_ids"].shape == (1, min(n)) and cut.dropped == 1
+    with pytest.raises(ValueError, match="every row of a batch is longer than 3 tokens"):
+        D.StlCollator(tok, "decoder", max_length=3)(rows)
 
 
 def test_mlm_collator_masks_only_real_non_special_tokens(tok):
