@@ -30,7 +30,7 @@ from stldec.stl import StlKernelEncoder, parse
 from stldec.trainers import Experiment, train
 from stldec.trainers.mixtures import evaluate_model
 
-RECIPE = dict(preset="balanced", decimals=2, n_train=200_000, max_steps=8000, batch=32, learning_rate=1e-3)
+RECIPE = dict(preset="balanced", decimals=2, n_train=400_000, max_steps=15000, batch=32, learning_rate=1e-3)
 QUICK = dict(n_train=30_000, max_steps=1000)
 KEYS = ("n", "validity", "cos_rho_mean", "cos_rho_median", "cos_rho_share_above_0.9", "sign_agreement",
         "node_ratio", "repeated_digit_rate", "skeleton_match")

@@ -310,8 +310,8 @@ def data(args: argparse.Namespace) -> None:
     exclude = {parse(f) for path in args.exclude for f in load_formulae(path)["formula"]}
     out = build_dataset(args.out, args.n, encoder, preset=args.preset, seed=args.seed, shard_size=args.shard_size,
                         exclude=exclude)
-    n = len(load_formulae(out))
-    print(f"{n} formulae in {out} ({encoder.fingerprint})" + (f"; {args.n - n} excluded" if exclude else ""))
+    note = f", none of the {len(exclude)} excluded" if exclude else ""
+    print(f"{len(load_formulae(out))} formulae in {out} ({encoder.fingerprint}){note}")
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from stldec.cli import main, read_table
+from stldec.data import load_formulae
 from stldec.stl import parse
 from stldec.stl.kernel import StlKernelEncoder
 
@@ -118,3 +119,19 @@ def test_embedded_parquet_records_its_encoder(files):
     other = StlKernelEncoder(str(files / "anchors.txt"), seed=1, **ENCODER)
     with pytest.raises(ValueError, match=f"embedded by encoder {encoder.fingerprint}, not by the given"):
         load_formulae(files / "out.parquet", other)
+
+
+def test_data_build_excludes_the_formulae_of_given_files(files, capsys):
+    """`stldec data build --exclude TEST.csv`: none of the test file's formulae is in the built set, which keeps its
+    size (the generator's next formula replaces one)."""
+    enc = files / "enc"
+    main(["data", "encoder", "--anchors", str(files / "anchors.txt"), "--n_trajectories", "100", "--n_points", "30",
+          "--out", str(enc)])
+    build = ["data", "build", "--preset", "balanced", "--n", "60", "--encoder", str(enc), "--seed", "4"]
+    main([*build, "--out", str(files / "plain")])
+    plain = load_formulae(files / "plain")["formula"]
+    pd.DataFrame({"formula": plain[::3]}).to_csv(files / "test.csv", index=False)
+    main([*build, "--out", str(files / "clean"), "--exclude", str(files / "test.csv")])
+    clean = load_formulae(files / "clean")["formula"]
+    assert len(clean) == 60 and not set(clean) & set(plain[::3])
+    assert f"none of the {len(set(plain[::3]))} excluded" in capsys.readouterr().out
