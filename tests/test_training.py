@@ -240,7 +240,7 @@ def test_the_gpu_recipe_trains_at_tiny_size_on_a_cpu_and_never_on_an_excluded_fo
     """examples/configs/base.yaml as written (stream, generator options, schedule), shrunk to the tiny model and
     encoder for 2 steps; its data.exclude is honoured: the training file's rows of a test file are dropped."""
     e = Experiment.load(ROOT / "examples/configs/base.yaml").override({
-        "model.preset": "tiny", "model.num_memory_tokens": 4, "model.max_position_embeddings": 128,
+        "model.preset": "tiny", "model.num_memory_tokens": 4,
         "data.encoder": BASE["data"]["encoder"], "data.n_validation": 4, "data.n_generate": 2,
         "data.stream_chunk_size": 8, "max_steps": 2, "per_device_train_batch_size": 4, "eval_steps": 2,
         "save_steps": 2, "report_to": [], "disable_tqdm": True})
