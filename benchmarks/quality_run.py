@@ -10,10 +10,10 @@ every step resumes when the same command is rerun after an interruption:
    on), saved to <out>/encoder (shared by every run under <out>);
 2. `--n_train` formulae of generator preset `--preset` with thresholds of `--decimals` decimals embedded into
    <out>/data-...; formulae of the published test sets (`--overlap_with`) are left out (overlap checked, reported:
-   0); a
-   fixed validation set (300 `balanced` formulae, 4 decimals, seed 99) for the learning curve;
+   0), also from a fixed validation set (300 `balanced` formulae, 4 decimals, seed 99) for the learning curve;
 3. training of the decoder (`small` sizes + `--model` overrides) into <out>/<--name>; every `--eval_steps` steps
-   the validation rows are decoded greedily (`validity`, `cos_rho` in metrics.jsonl: the learning curve);
+   the validation rows are decoded greedily (`validity`, `cos_rho` in metrics.jsonl: the learning curve) and a
+   checkpoint is saved; the run ends with the checkpoint of best validation cos_rho mean (the model scored);
 4. greedy decoding of `--test` (all rows; `--quick`: 500 of depths 2-4) and `--test_ood`, scored with
    `stldec.evaluation` (1000 trajectories, seed 0): <out>/<name>/quality.json, overall and by depth.
 """
@@ -74,7 +74,8 @@ def main():
     data = out / f"data-{a.preset}-d{a.decimals}-{a.n_train}"
     build_dataset(data, a.n_train, encoder, preset=a.preset, shard_size=2000, progress=False,
                   exclude=set().union(*tests.values()), threshold_decimals=a.decimals)
-    validation = build_dataset(out / "validation-300", 300, encoder, preset="balanced", seed=99, progress=False)
+    validation = build_dataset(out / "validation-300", 300, encoder, preset="balanced", seed=99, progress=False,
+                               exclude=set().union(*tests.values()))
     train_set = {parse(s) for s in load_formulae(data)["formula"]}
     overlap = {t: len(train_set & test) for t, test in tests.items()}  # 0 by construction: checked, reported
     print(f"[{time.time() - t0:.0f}s] data built: {len(train_set)} distinct formulae, {a.n_train - len(train_set)} "
@@ -89,10 +90,11 @@ def main():
     eval_steps = a.eval_steps or max(a.max_steps // 8, 1)
     experiment = Experiment.from_dict({
         "model": model,
-        "data": {"train": str(data), "validation": str(validation), "n_generate": 150, "encoder": str(out / "encoder")},
+        "data": {"train": str(data), "validation": str(validation), "n_generate": 300, "encoder": str(out / "encoder")},
         "training": {"max_steps": a.max_steps, "per_device_train_batch_size": a.batch,
                      "learning_rate": a.learning_rate, "lr_scheduler_type": "cosine", "warmup_steps": 0.03,
-                     "logging_steps": 50, "eval_steps": eval_steps, "save_steps": eval_steps, "save_total_limit": 2},
+                     "logging_steps": 50, "eval_steps": eval_steps, "save_steps": eval_steps, "save_total_limit": 2,
+                     "load_best_model_at_end": True, "metric_for_best_model": "cos_rho_mean", "greater_is_better": True},
     })
     train(experiment, run)
     minutes_train = (time.time() - t0) / 60

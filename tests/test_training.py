@@ -90,6 +90,24 @@ def test_loss_drops_and_the_run_folder_is_complete(tmp_path):
     assert model.config.encoder_fingerprint == saved_encoder["fingerprint"]  # decoding checks it against encoder/
 
 
+def test_the_run_can_end_with_the_checkpoint_of_best_validation_cos_rho(tmp_path):
+    e = experiment(data={"n_train": 256, "n_validation": 16, "n_generate": 16},
+                   training={"max_steps": 30, "eval_steps": 10, "save_steps": 10, "save_total_limit": 2,
+                             "load_best_model_at_end": True, "metric_for_best_model": "cos_rho_mean",
+                             "greater_is_better": True})
+    out = train(e, tmp_path / "run")
+    evals = {m["step"]: m["eval_cos_rho_mean"] for m in metrics(out) if "eval_cos_rho_mean" in m}
+    best_step = max(evals, key=lambda s: (evals[s], -s))  # HF keeps the first of equal scores
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert sorted(evals) == [10, 20, 30] and state["best_metric"] == evals[best_step]
+    assert (out / f"checkpoint-{best_step}").is_dir()  # kept by the rotation although older than the newest
+    final, best = load_file(out / "model.safetensors"), load_file(out / f"checkpoint-{best_step}" / "model.safetensors")
+    assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in final)
+    if best_step != 30:  # (at this size all three usually score 0: the first is kept, 20 steps before the last)
+        last = load_file(out / "checkpoint-30" / "model.safetensors")
+        assert not all(torch.equal(final[k], last[k]) for k in final)
+
+
 def test_only_marked_checkpoints_count_as_complete(tmp_path):
     for step, marked in ((3, True), (7, False), (12, True), (20, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()
