@@ -94,7 +94,8 @@ def main():
         "training": {"max_steps": a.max_steps, "per_device_train_batch_size": a.batch,
                      "learning_rate": a.learning_rate, "lr_scheduler_type": "cosine", "warmup_steps": 0.03,
                      "logging_steps": 50, "eval_steps": eval_steps, "save_steps": eval_steps, "save_total_limit": 2,
-                     "load_best_model_at_end": True, "metric_for_best_model": "cos_rho_mean", "greater_is_better": True},
+                     "load_best_model_at_end": True, "metric_for_best_model": "cos_rho_mean",
+                     "greater_is_better": True},
     })
     train(experiment, run)
     minutes_train = (time.time() - t0) / 60
