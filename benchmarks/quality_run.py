@@ -71,11 +71,12 @@ def main():
     encoder = StlKernelEncoder.from_pretrained(out / "encoder")
     print(f"[{time.time() - t0:.0f}s] encoder {encoder.fingerprint}", flush=True)
     tests = {t: {parse(s) for s in pd.read_csv(t)["formula"]} for t in a.overlap_with}
+    excluded = set().union(*tests.values())
     data = out / f"data-{a.preset}-d{a.decimals}-{a.n_train}"
-    build_dataset(data, a.n_train, encoder, preset=a.preset, shard_size=2000, progress=False,
-                  exclude=set().union(*tests.values()), threshold_decimals=a.decimals)
+    build_dataset(data, a.n_train, encoder, preset=a.preset, shard_size=2000, progress=False, exclude=excluded,
+                  threshold_decimals=a.decimals)
     validation = build_dataset(out / "validation-300", 300, encoder, preset="balanced", seed=99, progress=False,
-                               exclude=set().union(*tests.values()))
+                               exclude=excluded)
     train_set = {parse(s) for s in load_formulae(data)["formula"]}
     overlap = {t: len(train_set & test) for t, test in tests.items()}  # 0 by construction: checked, reported
     print(f"[{time.time() - t0:.0f}s] data built: {len(train_set)} distinct formulae, {a.n_train - len(train_set)} "
